@@ -1,0 +1,259 @@
+//! The login decision: lockout, password, account state, role choice.
+//!
+//! Order matters for what an attacker can learn. Lockout is checked first and
+//! is tracked per *name*, known or not, so it reveals nothing about which
+//! names exist. An unknown name and a wrong password cost one argon2 check
+//! each and produce the same error. Only after the password is right does
+//! pgward say that an account is disabled or that a role is not granted.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use super::identity::LoginName;
+use super::password::PasswordPool;
+use crate::error::{PgError, SqlState};
+use crate::policy::RoleName;
+use crate::store::{Store, StoreError};
+
+/// A person who has proven who they are, and the role they act in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub user: String,
+    pub role: RoleName,
+    pub attrs: BTreeMap<String, String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoginFailure {
+    #[error("password authentication failed for user {0:?}")]
+    BadCredentials(String),
+    #[error("account {user:?} is locked")]
+    Locked { user: String, window: Duration },
+    #[error("account {0:?} is disabled")]
+    Disabled(String),
+    #[error("user {user:?} may not use role {role:?}")]
+    RoleNotGranted { user: String, role: RoleName },
+    #[error("user {0:?} has no roles")]
+    NoRoles(String),
+    #[error("login store unavailable: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl LoginFailure {
+    /// A label for metrics and logs.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            LoginFailure::BadCredentials(_) => "bad_credentials",
+            LoginFailure::Locked { .. } => "locked",
+            LoginFailure::Disabled(_) => "disabled",
+            LoginFailure::RoleNotGranted { .. } | LoginFailure::NoRoles(_) => "role_denied",
+            LoginFailure::Store(_) => "store_error",
+        }
+    }
+
+    /// What the client is told.
+    pub fn to_pg_error(&self) -> PgError {
+        match self {
+            LoginFailure::BadCredentials(user) => PgError::fatal(
+                SqlState::INVALID_PASSWORD,
+                format!("password authentication failed for user \"{user}\""),
+            ),
+            LoginFailure::Locked { user, window } => PgError::fatal(
+                SqlState::INVALID_AUTHORIZATION,
+                format!(
+                    "pgward: account \"{user}\" is locked after repeated failed logins; try again in {} or ask an administrator",
+                    humantime::format_duration(*window)
+                ),
+            ),
+            LoginFailure::Disabled(user) => PgError::fatal(
+                SqlState::INVALID_AUTHORIZATION,
+                format!("pgward: account \"{user}\" is disabled"),
+            ),
+            LoginFailure::RoleNotGranted { user, role } => PgError::fatal(
+                SqlState::INVALID_AUTHORIZATION,
+                format!("pgward: user \"{user}\" may not use role \"{role}\""),
+            ),
+            LoginFailure::NoRoles(user) => PgError::fatal(
+                SqlState::INVALID_AUTHORIZATION,
+                format!("pgward: user \"{user}\" has no roles"),
+            ),
+            LoginFailure::Store(_) => PgError::fatal(
+                SqlState::CONNECTION_REJECTED,
+                "pgward: login is temporarily unavailable (the user store cannot be read)",
+            ),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Authenticator {
+    store: Arc<dyn Store>,
+    pool: PasswordPool,
+    max_failures: u32,
+    window: Duration,
+}
+
+impl Authenticator {
+    pub fn new(
+        store: Arc<dyn Store>,
+        pool: PasswordPool,
+        max_failures: u32,
+        window: Duration,
+    ) -> Self {
+        Authenticator {
+            store,
+            pool,
+            max_failures,
+            window,
+        }
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || f(store.as_ref()))
+            .await
+            .map_err(|e| StoreError::Corrupt(format!("store task failed: {e}")))?
+    }
+
+    pub async fn login(&self, login: &LoginName, password: String) -> Result<Identity, LoginFailure> {
+        let name = login.user.clone();
+        let now = SystemTime::now();
+        let since = now.checked_sub(self.window).unwrap_or(SystemTime::UNIX_EPOCH);
+
+        let n = name.clone();
+        let failures = self
+            .blocking(move |s| s.login_failures_since(&n, since))
+            .await?;
+        if failures >= self.max_failures {
+            return Err(LoginFailure::Locked {
+                user: name,
+                window: self.window,
+            });
+        }
+
+        let n = name.clone();
+        let user = self.blocking(move |s| s.user(&n)).await?;
+        let hash = user.as_ref().map(|u| u.password_hash.clone());
+        if !self.pool.verify(hash, password).await {
+            let n = name.clone();
+            let count = self
+                .blocking(move |s| s.record_login_failure(&n, now, since))
+                .await?;
+            if count >= self.max_failures {
+                return Err(LoginFailure::Locked {
+                    user: name,
+                    window: self.window,
+                });
+            }
+            return Err(LoginFailure::BadCredentials(name));
+        }
+        let Some(user) = user else {
+            // verify() never succeeds without a real hash.
+            return Err(LoginFailure::BadCredentials(name));
+        };
+        if user.disabled {
+            return Err(LoginFailure::Disabled(name));
+        }
+        let role = match &login.role {
+            Some(role) if user.roles.contains(role) => role.clone(),
+            Some(role) => {
+                return Err(LoginFailure::RoleNotGranted {
+                    user: name,
+                    role: role.clone(),
+                })
+            }
+            None => user
+                .roles
+                .first()
+                .cloned()
+                .ok_or_else(|| LoginFailure::NoRoles(name.clone()))?,
+        };
+        let n = name.clone();
+        self.blocking(move |s| s.record_login_success(&n, now)).await?;
+        Ok(Identity {
+            user: user.name,
+            role,
+            attrs: user.attrs,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::password::hash_password;
+    use crate::store::{NewUser, SqliteStore};
+
+    fn setup(max_failures: u32) -> (Authenticator, Arc<SqliteStore>) {
+        let store = Arc::new(SqliteStore::in_memory().unwrap());
+        store
+            .add_user(&NewUser {
+                name: "alice".into(),
+                password_hash: hash_password("right").unwrap(),
+                roles: vec![RoleName::parse("dba").unwrap()],
+                attrs: BTreeMap::new(),
+            })
+            .unwrap();
+        let auth = Authenticator::new(
+            store.clone(),
+            PasswordPool::new(2).unwrap(),
+            max_failures,
+            Duration::from_secs(900),
+        );
+        (auth, store)
+    }
+
+    fn name(s: &str) -> LoginName {
+        LoginName::parse(s, None).unwrap()
+    }
+
+    #[tokio::test]
+    async fn right_password_logs_in_with_default_role() {
+        let (auth, _) = setup(5);
+        let id = auth.login(&name("alice"), "right".into()).await.unwrap();
+        assert_eq!(id.role.as_str(), "dba");
+    }
+
+    #[tokio::test]
+    async fn unknown_user_and_wrong_password_look_the_same() {
+        let (auth, _) = setup(5);
+        let wrong = auth.login(&name("alice"), "wrong".into()).await.unwrap_err();
+        let unknown = auth.login(&name("mallory"), "wrong".into()).await.unwrap_err();
+        assert_eq!(wrong.to_pg_error().code, SqlState::INVALID_PASSWORD);
+        assert_eq!(unknown.to_pg_error().code, SqlState::INVALID_PASSWORD);
+        assert_eq!(
+            wrong.to_pg_error().message.replace("alice", "X"),
+            unknown.to_pg_error().message.replace("mallory", "X")
+        );
+    }
+
+    #[tokio::test]
+    async fn lockout_after_max_failures_even_with_right_password() {
+        let (auth, _) = setup(3);
+        for _ in 0..2 {
+            let err = auth.login(&name("alice"), "wrong".into()).await.unwrap_err();
+            assert!(matches!(err, LoginFailure::BadCredentials(_)));
+        }
+        let err = auth.login(&name("alice"), "wrong".into()).await.unwrap_err();
+        assert!(matches!(err, LoginFailure::Locked { .. }));
+        let err = auth.login(&name("alice"), "right".into()).await.unwrap_err();
+        assert_eq!(err.to_pg_error().code, SqlState::INVALID_AUTHORIZATION);
+        assert!(err.to_pg_error().message.contains("locked"));
+    }
+
+    #[tokio::test]
+    async fn disabled_and_ungranted_role_are_refused_after_the_password() {
+        let (auth, store) = setup(5);
+        let err = auth.login(&name("alice+analyst"), "right".into()).await.unwrap_err();
+        assert!(matches!(err, LoginFailure::RoleNotGranted { .. }));
+        store.set_disabled("alice", true).unwrap();
+        let err = auth.login(&name("alice"), "wrong".into()).await.unwrap_err();
+        assert!(matches!(err, LoginFailure::BadCredentials(_)));
+        let err = auth.login(&name("alice"), "right".into()).await.unwrap_err();
+        assert!(matches!(err, LoginFailure::Disabled(_)));
+    }
+}

@@ -1,0 +1,307 @@
+//! `pgward.yaml`: where to listen, which database to protect, where the
+//! policies, certificates and store live, and the session limits.
+//!
+//! Relative paths are resolved against the directory holding the config file,
+//! so a config directory can be moved as a whole. Unknown keys are errors: a
+//! misspelt security setting must not be silently ignored.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::net::tls::UpstreamTlsMode;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: serde_yaml::Error,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address clients connect to.
+    pub listen: SocketAddr,
+    /// Address of the HTTP listener for `/metrics` and `/healthz`; off if absent.
+    #[serde(default)]
+    pub admin_listen: Option<SocketAddr>,
+    pub upstream: UpstreamConfig,
+    pub tls: TlsConfig,
+    pub store: StoreConfig,
+    /// Directory of `*.yaml` policy files.
+    pub policies: PathBuf,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub sessions: SessionConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    /// Directory the relative paths above were resolved against.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    pub host: String,
+    pub port: u16,
+    #[serde(default)]
+    pub tls: UpstreamTlsMode,
+    /// CA bundle for `verify-full`; the system's roots if absent.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default = "defaults::connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Accept clients without TLS, but only from loopback addresses.
+    #[serde(default)]
+    pub allow_plaintext_loopback: bool,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// SQLite database file.
+    pub path: PathBuf,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Failed logins within `failure_window` that lock an account.
+    pub max_failures: u32,
+    #[serde(with = "humantime_serde")]
+    pub failure_window: Duration,
+    /// Password hashes computed at once; more logins wait their turn.
+    pub hash_concurrency: usize,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            max_failures: 5,
+            failure_window: Duration::from_secs(15 * 60),
+            hash_concurrency: 2,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    /// A session with nothing in flight and no client message for this long is ended.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Option<Duration>,
+    /// No session lives longer than this.
+    #[serde(with = "humantime_serde")]
+    pub max_lifetime: Option<Duration>,
+    /// Time allowed from connect to a finished login.
+    #[serde(with = "humantime_serde")]
+    pub startup_timeout: Duration,
+    /// On SIGTERM, how long running sessions may continue before they are ended.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    pub max_connections: usize,
+    /// Largest single protocol message accepted from a client.
+    #[serde(deserialize_with = "byte_size")]
+    pub max_message_size: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            idle_timeout: Some(Duration::from_secs(30 * 60)),
+            max_lifetime: Some(Duration::from_secs(12 * 3600)),
+            startup_timeout: Duration::from_secs(15),
+            shutdown_grace: Duration::from_secs(30),
+            max_connections: 2000,
+            max_message_size: 256 << 20,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `pgward=debug`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+mod defaults {
+    use std::time::Duration;
+
+    pub fn connect_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+}
+
+/// Accepts `65536`, `"64KiB"`, `"256MiB"`, `"1GiB"`.
+fn byte_size<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Number(usize),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Number(n) => Ok(n),
+        Raw::Text(s) => parse_byte_size(&s).map_err(serde::de::Error::custom),
+    }
+}
+
+pub fn parse_byte_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: usize = digits
+        .parse()
+        .map_err(|_| format!("invalid size {s:?}: expected e.g. 65536, 64KiB, 256MiB"))?;
+    let mult: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "kB" | "KB" => 1 << 10,
+        "MiB" | "MB" => 1 << 20,
+        "GiB" | "GB" => 1 << 30,
+        other => return Err(format!("unknown size unit {other:?} in {s:?}")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut config: Config =
+            serde_yaml::from_str(&text).map_err(|source| ConfigError::Parse {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        config.resolve_paths(&base);
+        config.validate().map_err(|message| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        resolve(&mut self.tls.cert);
+        resolve(&mut self.tls.key);
+        resolve(&mut self.store.path);
+        resolve(&mut self.policies);
+        if let Some(ca) = &mut self.upstream.ca_file {
+            resolve(ca);
+        }
+        self.base_dir = base.to_path_buf();
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.auth.max_failures == 0 {
+            return Err("auth.max_failures must be at least 1".into());
+        }
+        if self.auth.hash_concurrency == 0 {
+            return Err("auth.hash_concurrency must be at least 1".into());
+        }
+        if self.sessions.max_connections == 0 {
+            return Err("sessions.max_connections must be at least 1".into());
+        }
+        if self.sessions.max_message_size < 1024 {
+            return Err("sessions.max_message_size must be at least 1KiB".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(parse_byte_size("65536"), Ok(65536));
+        assert_eq!(parse_byte_size("64KiB"), Ok(64 << 10));
+        assert_eq!(parse_byte_size("256MiB"), Ok(256 << 20));
+        assert!(parse_byte_size("12 parsecs").is_err());
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults_and_resolved_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pgward.yaml");
+        std::fs::write(
+            &path,
+            "listen: 127.0.0.1:6432\nupstream: {host: localhost, port: 5432}\n\
+             tls: {cert: certs/server.crt, key: certs/server.key}\n\
+             store: {path: pgward.db}\npolicies: policies\n\
+             sessions: {idle_timeout: 5m, max_message_size: 1MiB}\n",
+        )
+        .unwrap();
+        let config = Config::load(&path).unwrap();
+        assert_eq!(config.tls.cert, dir.path().join("certs/server.crt"));
+        assert_eq!(config.sessions.idle_timeout, Some(Duration::from_secs(300)));
+        assert_eq!(config.sessions.max_message_size, 1 << 20);
+        assert_eq!(config.auth.max_failures, 5);
+        assert_eq!(config.upstream.tls, UpstreamTlsMode::Prefer);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pgward.yaml");
+        std::fs::write(
+            &path,
+            "listen: 127.0.0.1:6432\nupstream: {host: h, port: 1}\n\
+             tls: {cert: c, key: k, allow_plaintext: true}\nstore: {path: s}\npolicies: p\n",
+        )
+        .unwrap();
+        let err = Config::load(&path).unwrap_err().to_string();
+        assert!(err.contains("allow_plaintext"), "{err}");
+    }
+}

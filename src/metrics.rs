@@ -1,0 +1,130 @@
+//! Prometheus metrics, served by the admin HTTP listener at `/metrics`.
+//!
+//! Counters on the hot path are plain atomics (one increment per forwarded
+//! chunk, not per message); only the latency histograms take a lock, once per
+//! completed statement round trip.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Outcome {
+    pub outcome: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub connections: Counter,
+    pub active_sessions: Gauge,
+    pub logins: Family<Outcome, Counter>,
+    pub statements: Counter,
+    pub bytes_from_clients: Counter,
+    pub bytes_to_clients: Counter,
+    pub cancel_requests: Counter,
+    pub upstream_latency: Histogram,
+    pub upstream_connect: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("pgward");
+        let m = Metrics {
+            registry: Registry::default(),
+            connections: Counter::default(),
+            active_sessions: Gauge::default(),
+            logins: Family::default(),
+            statements: Counter::default(),
+            bytes_from_clients: Counter::default(),
+            bytes_to_clients: Counter::default(),
+            cancel_requests: Counter::default(),
+            upstream_latency: Histogram::new(exponential_buckets(0.000_1, 2.0, 20)),
+            upstream_connect: Histogram::new(exponential_buckets(0.000_5, 2.0, 16)),
+        };
+        registry.register(
+            "connections",
+            "Client connections accepted",
+            m.connections.clone(),
+        );
+        registry.register(
+            "active_sessions",
+            "Client connections currently open",
+            m.active_sessions.clone(),
+        );
+        registry.register("logins", "Login attempts by outcome", m.logins.clone());
+        registry.register(
+            "statements",
+            "Statements relayed (simple Query and extended Execute messages)",
+            m.statements.clone(),
+        );
+        registry.register(
+            "client_received_bytes",
+            "Bytes received from clients after login",
+            m.bytes_from_clients.clone(),
+        );
+        registry.register(
+            "client_sent_bytes",
+            "Bytes sent to clients after login",
+            m.bytes_to_clients.clone(),
+        );
+        registry.register(
+            "cancel_requests",
+            "Cancel requests received",
+            m.cancel_requests.clone(),
+        );
+        registry.register(
+            "upstream_latency_seconds",
+            "Time from a client's Sync or Query to the database's ReadyForQuery",
+            m.upstream_latency.clone(),
+        );
+        registry.register(
+            "upstream_connect_seconds",
+            "Time to open and authenticate a database connection",
+            m.upstream_connect.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    pub fn login(&self, outcome: &str) {
+        self.logins
+            .get_or_create(&Outcome {
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_registered_metrics() {
+        let m = Metrics::new();
+        m.connections.inc();
+        m.login("ok");
+        m.upstream_latency.observe(0.002);
+        let text = m.render();
+        assert!(text.contains("pgward_connections_total 1"), "{text}");
+        assert!(text.contains("pgward_logins_total{outcome=\"ok\"} 1"), "{text}");
+        assert!(text.contains("pgward_upstream_latency_seconds_count 1"), "{text}");
+    }
+}

@@ -1,0 +1,142 @@
+//! A role: which database account it uses and what it may touch.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::secret::{Secret, SecretSource};
+
+/// A role name as written in policy files and chosen at login.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RoleName(String);
+
+impl RoleName {
+    /// Role names are short identifiers so they can ride inside a user name
+    /// (`alice+dba`) and a libpq options string unescaped.
+    pub fn parse(s: &str) -> Result<RoleName, String> {
+        let ok = !s.is_empty()
+            && s.len() <= 63
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if ok {
+            Ok(RoleName(s.to_string()))
+        } else {
+            Err(format!(
+                "invalid role name {s:?}: use 1-63 letters, digits, '_' or '-'"
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RoleName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Kinds of statement a role may run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StatementClass {
+    Read,
+    Write,
+    Ddl,
+    Admin,
+    All,
+}
+
+/// The database account a role connects as.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamAccount {
+    pub user: String,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub password_env: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<std::path::PathBuf>,
+    #[serde(skip)]
+    pub resolved_password: Option<Secret>,
+}
+
+impl fmt::Debug for UpstreamAccount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print an inline password, even in debug logs.
+        f.debug_struct("UpstreamAccount")
+            .field("user", &self.user)
+            .field("source", &self.source())
+            .finish()
+    }
+}
+
+impl UpstreamAccount {
+    fn source(&self) -> SecretSource {
+        SecretSource {
+            password: self.password.clone(),
+            password_env: self.password_env.clone(),
+            password_file: self.password_file.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Role {
+    #[serde(skip, default = "placeholder_name")]
+    pub name: RoleName,
+    pub upstream: UpstreamAccount,
+    /// Databases this role may connect to; `"*"` for any.
+    #[serde(default = "any_database")]
+    pub databases: Vec<String>,
+    #[serde(default)]
+    pub statements: Vec<StatementClass>,
+    /// Relayed as typed (still authenticated and audited). Roles that are not
+    /// unrestricted are subject to SQL analysis and rewriting.
+    #[serde(default)]
+    pub unrestricted: bool,
+    /// Per-table rules for restricted roles.
+    #[serde(default)]
+    pub tables: BTreeMap<String, serde_yaml::Value>,
+    /// Only usable through a time-boxed grant.
+    #[serde(default)]
+    pub grant_only: Option<serde_yaml::Value>,
+    /// Overrides `sessions.idle_timeout` for this role.
+    #[serde(default, with = "humantime_serde")]
+    pub idle_timeout: Option<Duration>,
+    /// Overrides `sessions.max_lifetime` for this role.
+    #[serde(default, with = "humantime_serde")]
+    pub max_lifetime: Option<Duration>,
+}
+
+fn placeholder_name() -> RoleName {
+    RoleName(String::new())
+}
+
+fn any_database() -> Vec<String> {
+    vec!["*".into()]
+}
+
+impl Role {
+    pub(super) fn validate(&mut self, base: &Path) -> Result<(), String> {
+        if self.upstream.user.is_empty() {
+            return Err("upstream.user must not be empty".into());
+        }
+        if self.databases.is_empty() {
+            return Err("databases must list at least one database (or \"*\")".into());
+        }
+        self.upstream.resolved_password = self.upstream.source().resolve(base)?;
+        Ok(())
+    }
+
+    pub fn allows_database(&self, database: &str) -> bool {
+        self.databases.iter().any(|d| d == "*" || d == database)
+    }
+}

@@ -1,0 +1,198 @@
+//! The running proxy: listener, signals, reload, graceful shutdown.
+//!
+//! * SIGHUP reloads `pgward.yaml`, the policies and the TLS certificate. A
+//!   reload that fails validation is logged and the running settings stay.
+//!   New sessions use the new settings; running sessions keep theirs.
+//! * SIGTERM or SIGINT stops accepting, lets running sessions finish for up
+//!   to `sessions.shutdown_grace`, then ends the rest with a FATAL.
+
+mod admin_http;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch, Semaphore};
+
+use crate::auth::{Authenticator, PasswordPool};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::net::tls::{self, UpstreamTlsMode};
+use crate::policy::PolicySet;
+use crate::session::{self, Context, Runtime};
+use crate::store::{SqliteStore, Store};
+use crate::upstream::Target;
+
+/// Loads config, policies and certificates into a runtime snapshot.
+pub fn load_runtime(config_path: &Path) -> anyhow::Result<Runtime> {
+    let config = Config::load(config_path)?;
+    let policies = PolicySet::load_dir(&config.policies)?;
+    if policies.is_empty() {
+        tracing::warn!(dir = %config.policies.display(), "no roles defined; every login will be refused");
+    }
+    let server_tls = tls::server_config(&config.tls.cert, &config.tls.key)
+        .context("loading the server certificate")?;
+    let up = &config.upstream;
+    let upstream_tls = tls::upstream_config(up.tls, up.ca_file.as_deref())
+        .context("setting up TLS to the database")?;
+    let upstream = Target {
+        host: up.host.clone(),
+        port: up.port,
+        tls: upstream_tls,
+        tls_required: matches!(up.tls, UpstreamTlsMode::Require | UpstreamTlsMode::VerifyFull),
+        connect_timeout: up.connect_timeout,
+    };
+    Ok(Runtime {
+        config,
+        policies,
+        tls: server_tls,
+        upstream,
+    })
+}
+
+/// How `serve` is asked to stop.
+pub enum Stop {
+    /// Listen for SIGTERM/SIGINT (the `pgward serve` case).
+    Signals,
+    /// Stop when this fires (the demo, which owns Ctrl+C itself).
+    Channel(oneshot::Receiver<()>),
+}
+
+/// Runs the proxy until asked to stop. `ready` receives the bound address.
+pub async fn serve(
+    config_path: PathBuf,
+    ready: Option<oneshot::Sender<SocketAddr>>,
+    stop: Stop,
+) -> anyhow::Result<()> {
+    let runtime = load_runtime(&config_path)?;
+    let config = runtime.config.clone();
+    let store_path = config.store.path.clone();
+    let store: Arc<dyn Store> = Arc::new(
+        tokio::task::spawn_blocking(move || SqliteStore::open(&store_path))
+            .await?
+            .with_context(|| format!("opening the store {}", config.store.path.display()))?,
+    );
+    let pool = tokio::task::spawn_blocking({
+        let n = config.auth.hash_concurrency;
+        move || PasswordPool::new(n)
+    })
+    .await?
+    .map_err(|e| anyhow::anyhow!("initialising password hashing: {e}"))?;
+    let auth = Authenticator::new(
+        store,
+        pool,
+        config.auth.max_failures,
+        config.auth.failure_window,
+    );
+    let metrics = Arc::new(Metrics::new());
+    let (terminate_tx, terminate_rx) = watch::channel(false);
+    let ctx = Arc::new(Context::new(runtime, auth, Arc::clone(&metrics), terminate_rx));
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
+    let local = listener.local_addr()?;
+    let (draining_tx, draining_rx) = watch::channel(false);
+    if let Some(addr) = config.admin_listen {
+        let admin = admin_http::bind(addr, Arc::clone(&metrics), draining_rx).await?;
+        tracing::info!(addr = %admin, "admin HTTP listening (/metrics, /healthz)");
+    }
+    tracing::info!(addr = %local, upstream = %ctx.runtime.load().upstream.addr(), "pgward listening");
+    if let Some(ready) = ready {
+        let _ = ready.send(local);
+    }
+
+    let max = config.sessions.max_connections;
+    let slots = Arc::new(Semaphore::new(max));
+    let mut stop = StopSignal::new(stop)?;
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (tcp, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off
+                        // instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let slot = Arc::clone(&slots).try_acquire_owned().ok();
+                tokio::spawn(session::run(Arc::clone(&ctx), tcp, peer, slot));
+            }
+            _ = hangup.recv() => reload(&ctx, &config_path),
+            _ = stop.wait() => break,
+        }
+    }
+
+    drop(listener);
+    let _ = draining_tx.send(true);
+    let grace = ctx.runtime.load().config.sessions.shutdown_grace;
+    let running = max - slots.available_permits();
+    tracing::info!(sessions = running, grace = ?grace, "shutting down: no new connections");
+    let all = u32::try_from(max).unwrap_or(u32::MAX);
+    if tokio::time::timeout(grace, slots.acquire_many(all)).await.is_err() {
+        let left = max - slots.available_permits();
+        tracing::info!(sessions = left, "grace period over: ending remaining sessions");
+        let _ = terminate_tx.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(10), slots.acquire_many(all)).await;
+    }
+    tracing::info!("pgward stopped");
+    Ok(())
+}
+
+fn reload(ctx: &Context, config_path: &Path) {
+    match load_runtime(config_path) {
+        Ok(new) => {
+            let old = ctx.runtime.load();
+            if new.config.listen != old.config.listen {
+                tracing::warn!("listen address changes need a restart; keeping {}", old.config.listen);
+            }
+            tracing::info!(roles = new.policies.len(), "configuration reloaded");
+            ctx.runtime.store(Arc::new(new));
+        }
+        Err(e) => tracing::error!(error = %format!("{e:#}"), "reload failed; keeping the running configuration"),
+    }
+}
+
+struct StopSignal {
+    kind: Stop,
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignal {
+    fn new(kind: Stop) -> std::io::Result<StopSignal> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (term, int) = match kind {
+            Stop::Signals => (
+                Some(signal(SignalKind::terminate())?),
+                Some(signal(SignalKind::interrupt())?),
+            ),
+            Stop::Channel(_) => (None, None),
+        };
+        Ok(StopSignal { kind, term, int })
+    }
+
+    async fn wait(&mut self) {
+        match (&mut self.kind, &mut self.term, &mut self.int) {
+            (Stop::Channel(rx), _, _) => {
+                let _ = rx.await;
+                // Fire once; afterwards never again.
+                self.kind = Stop::Signals;
+            }
+            (Stop::Signals, Some(term), Some(int)) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                    _ = int.recv() => tracing::info!("SIGINT received"),
+                }
+            }
+            _ => std::future::pending().await,
+        }
+    }
+}

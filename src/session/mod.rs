@@ -1,0 +1,385 @@
+//! One client connection, from the first byte to the last.
+//!
+//! [`run`] walks the connection through its life: negotiate TLS, read the
+//! StartupMessage, authenticate the person, pick their role, open the
+//! database connection as that role's account, hand the client its own
+//! cancel key, then relay until one side ends it.
+
+pub mod cancel;
+pub mod relay;
+pub mod startup;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::{watch, OwnedSemaphorePermit};
+use tracing::Instrument;
+
+use crate::auth::{Authenticator, Identity, LoginName};
+use crate::config::Config;
+use crate::error::{PgError, SqlState};
+use crate::metrics::Metrics;
+use crate::net::backend;
+use crate::net::frame::FrameReader;
+use crate::net::startup::StartupMessage;
+use crate::net::stream::Stream;
+use crate::policy::PolicySet;
+use crate::upstream::{self, Credentials, Target};
+use cancel::{CancelRegistry, CancelTarget};
+use relay::Limits;
+use startup::{Opening, PasswordReply};
+
+/// Settings that can change on reload. A session takes one snapshot when it
+/// starts and keeps it.
+pub struct Runtime {
+    pub config: Config,
+    pub policies: PolicySet,
+    pub tls: Arc<rustls::ServerConfig>,
+    pub upstream: Target,
+}
+
+/// What every session shares.
+pub struct Context {
+    pub runtime: ArcSwap<Runtime>,
+    pub auth: Authenticator,
+    pub cancels: CancelRegistry,
+    pub metrics: Arc<Metrics>,
+    /// Becomes true when running sessions must end (after the shutdown grace).
+    pub terminate: watch::Receiver<bool>,
+    next_id: AtomicU64,
+}
+
+impl Context {
+    pub fn new(
+        runtime: Runtime,
+        auth: Authenticator,
+        metrics: Arc<Metrics>,
+        terminate: watch::Receiver<bool>,
+    ) -> Context {
+        Context {
+            runtime: ArcSwap::from_pointee(runtime),
+            auth,
+            cancels: CancelRegistry::default(),
+            metrics,
+            terminate,
+            next_id: AtomicU64::new(1),
+        }
+    }
+}
+
+/// Keeps the active-session gauge honest however the session ends.
+struct ActiveGuard(Arc<Metrics>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active_sessions.dec();
+    }
+}
+
+async fn refuse(mut stream: Stream, err: &PgError) {
+    let _ = stream.write_all(&backend::error_response(err)).await;
+    let _ = stream.flush().await;
+    let _ = stream.shutdown().await;
+}
+
+/// Runs one connection. `slot` is `None` when the connection limit is
+/// reached; the client is then told so after its StartupMessage.
+pub async fn run(
+    ctx: Arc<Context>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    slot: Option<OwnedSemaphorePermit>,
+) {
+    let id = ctx.next_id.fetch_add(1, Ordering::Relaxed);
+    let span = tracing::info_span!("session", id, %peer);
+    async move {
+        ctx.metrics.connections.inc();
+        ctx.metrics.active_sessions.inc();
+        let _active = ActiveGuard(Arc::clone(&ctx.metrics));
+        let _ = tcp.set_nodelay(true);
+        let rt = ctx.runtime.load_full();
+        let startup_timeout = rt.config.sessions.startup_timeout;
+        let opened = tokio::time::timeout(startup_timeout, open(&ctx, &rt, tcp, peer, slot.is_some())).await;
+        let opened = match opened {
+            Ok(Some(opened)) => opened,
+            Ok(None) => return,
+            Err(_) => {
+                tracing::info!(timeout = ?startup_timeout, "startup timed out");
+                return;
+            }
+        };
+        let Opened {
+            client,
+            client_buf,
+            upstream,
+            identity,
+            limits,
+            _cancel,
+        } = opened;
+        tracing::info!(user = %identity.user, role = %identity.role, "session started");
+        let started = Instant::now();
+        let end = relay::relay(
+            client,
+            client_buf,
+            upstream.stream,
+            upstream.buffer,
+            limits,
+            Arc::clone(&ctx.metrics),
+            ctx.terminate.clone(),
+        )
+        .await;
+        tracing::info!(
+            user = %identity.user,
+            reason = end.label(),
+            duration_ms = started.elapsed().as_millis() as u64,
+            "session ended"
+        );
+        drop(slot);
+    }
+    .instrument(span)
+    .await
+}
+
+struct Opened {
+    client: Stream,
+    client_buf: BytesMut,
+    upstream: upstream::Connected,
+    identity: Identity,
+    limits: Limits,
+    _cancel: cancel::CancelGuard,
+}
+
+/// Everything up to the first ReadyForQuery. `None` means the connection is
+/// finished (refused, cancelled, or gone).
+async fn open(
+    ctx: &Context,
+    rt: &Runtime,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    has_slot: bool,
+) -> Option<Opened> {
+    let allow_plain = rt.config.tls.allow_plaintext_loopback;
+    let (mut client, msg) = match startup::negotiate(tcp, peer, Arc::clone(&rt.tls), allow_plain).await {
+        Opening::Startup(stream, msg) => (stream, msg),
+        Opening::Cancel {
+            process_id,
+            secret_key,
+        } => {
+            forward_cancel(ctx, process_id, secret_key).await;
+            return None;
+        }
+        Opening::Gone => return None,
+        Opening::Refuse(stream, err) => {
+            tracing::info!(%err, "connection refused");
+            refuse(stream, &err).await;
+            return None;
+        }
+    };
+    match login(ctx, rt, &mut client, &msg, has_slot).await {
+        Ok(Some(ready)) => Some(Opened {
+            client,
+            client_buf: ready.client_buf,
+            upstream: ready.upstream,
+            identity: ready.identity,
+            limits: ready.limits,
+            _cancel: ready.cancel,
+        }),
+        Ok(None) => None,
+        Err(err) => {
+            tracing::info!(%err, "login refused");
+            refuse(client, &err).await;
+            None
+        }
+    }
+}
+
+async fn forward_cancel(ctx: &Context, process_id: u32, secret_key: u32) {
+    ctx.metrics.cancel_requests.inc();
+    match ctx.cancels.lookup(process_id, secret_key) {
+        Some(target) => {
+            if let Err(e) = upstream::cancel(&target.upstream, target.process_id, target.secret_key).await {
+                tracing::warn!(error = %e, "could not deliver cancel request");
+            } else {
+                tracing::info!(process_id, "cancel request delivered");
+            }
+        }
+        None => tracing::info!(process_id, "cancel request with unknown key ignored"),
+    }
+}
+
+/// Startup parameters passed on to the database: everything the client sent
+/// except what pgward decides itself.
+fn upstream_params(msg: &StartupMessage, login: &LoginName, database: &str) -> Vec<(String, String)> {
+    let mut params = vec![("database".to_string(), database.to_string())];
+    let app = msg.get("application_name").filter(|a| !a.is_empty());
+    // pgward's tag comes first so PostgreSQL's 63-byte limit cuts the
+    // client's name, never the person's.
+    let tagged = match app {
+        Some(app) => format!("pgward:{}/{}", login.user, app),
+        None => format!("pgward:{}", login.user),
+    };
+    params.push(("application_name".to_string(), tagged));
+    if let Some(options) = &login.forwarded_options {
+        params.push(("options".to_string(), options.clone()));
+    }
+    for (k, v) in &msg.params {
+        let skip = matches!(
+            k.as_str(),
+            "user" | "database" | "application_name" | "options" | "replication"
+        ) || k.starts_with("_pq_.");
+        if !skip {
+            params.push((k.clone(), v.clone()));
+        }
+    }
+    params
+}
+
+/// A logged-in session, minus the client stream the caller still owns.
+struct Ready {
+    client_buf: BytesMut,
+    upstream: upstream::Connected,
+    identity: Identity,
+    limits: Limits,
+    cancel: cancel::CancelGuard,
+}
+
+async fn login(
+    ctx: &Context,
+    rt: &Runtime,
+    client: &mut Stream,
+    msg: &StartupMessage,
+    has_slot: bool,
+) -> Result<Option<Ready>, PgError> {
+    startup::check_version(client, msg).await?;
+    if msg.get("replication").is_some_and(|r| r != "false" && r != "0" && r != "off") {
+        return Err(PgError::fatal(
+            SqlState::FEATURE_NOT_SUPPORTED,
+            "pgward: replication connections are not supported through pgward",
+        ));
+    }
+    let user_param = msg.get("user").filter(|u| !u.is_empty()).ok_or_else(|| {
+        PgError::fatal(
+            SqlState::INVALID_AUTHORIZATION,
+            "no PostgreSQL user name specified in startup packet",
+        )
+    })?;
+    if !has_slot {
+        return Err(PgError::fatal(
+            SqlState::TOO_MANY_CONNECTIONS,
+            format!(
+                "pgward: too many connections (sessions.max_connections is {})",
+                rt.config.sessions.max_connections
+            ),
+        ));
+    }
+    let login = LoginName::parse(user_param, msg.get("options"))
+        .map_err(|e| PgError::fatal(SqlState::INVALID_AUTHORIZATION, format!("pgward: {e}")))?;
+
+    let mut reader = FrameReader::new();
+    let password = match startup::ask_password(client, &mut reader).await {
+        PasswordReply::Password(pw) => pw,
+        PasswordReply::Gone => return Ok(None),
+        PasswordReply::Invalid(err) => return Err(err),
+    };
+    let identity = match ctx.auth.login(&login, password).await {
+        Ok(identity) => identity,
+        Err(failure) => {
+            ctx.metrics.login(failure.outcome());
+            tracing::info!(user = %login.user, outcome = failure.outcome(), "login failed");
+            return Err(failure.to_pg_error());
+        }
+    };
+    let role = rt.policies.role(&identity.role).ok_or_else(|| {
+        ctx.metrics.login("role_denied");
+        PgError::fatal(
+            SqlState::INVALID_AUTHORIZATION,
+            format!(
+                "pgward: role \"{}\" is not defined in the policies",
+                identity.role
+            ),
+        )
+    })?;
+    if !role.unrestricted {
+        // Restricted roles need statement analysis and rewriting; until that
+        // is in place the only safe answer is no.
+        ctx.metrics.login("role_denied");
+        return Err(PgError::fatal(
+            SqlState::INSUFFICIENT_PRIVILEGE,
+            format!(
+                "pgward: role \"{}\" is restricted, and this pgward does not yet enforce restricted roles; refusing rather than relaying unfiltered",
+                role.name
+            ),
+        ));
+    }
+    // As in PostgreSQL the database defaults to the user name; libpq fills
+    // it in with the name typed, which may carry a `+role` suffix.
+    let database = match msg.get("database").filter(|d| !d.is_empty()) {
+        Some(db) if db != user_param => db,
+        _ => login.user.as_str(),
+    };
+    if !role.allows_database(database) {
+        ctx.metrics.login("role_denied");
+        return Err(PgError::fatal(
+            SqlState::INSUFFICIENT_PRIVILEGE,
+            format!(
+                "pgward: role \"{}\" may not connect to database \"{database}\"",
+                role.name
+            ),
+        ));
+    }
+
+    let params = upstream_params(msg, &login, database);
+    let creds = Credentials {
+        user: &role.upstream.user,
+        password: role.upstream.resolved_password.as_ref().map(|s| s.expose()),
+    };
+    let began = Instant::now();
+    let upstream = match upstream::connect(&rt.upstream, creds, &params).await {
+        Ok(conn) => conn,
+        Err(e) => {
+            ctx.metrics.login("upstream_error");
+            tracing::warn!(role = %role.name, upstream = %rt.upstream.addr(), error = %e, "database connection failed");
+            return Err(e.to_pg_error(role.name.as_str()));
+        }
+    };
+    ctx.metrics
+        .upstream_connect
+        .observe(began.elapsed().as_secs_f64());
+
+    let cancel = ctx.cancels.register(CancelTarget {
+        upstream: rt.upstream.clone(),
+        process_id: upstream.process_id,
+        secret_key: upstream.secret_key,
+    });
+    let mut hello = BytesMut::new();
+    hello.extend_from_slice(&backend::authentication_ok());
+    for frame in &upstream.startup_frames {
+        hello.extend_from_slice(frame);
+    }
+    hello.extend_from_slice(&backend::backend_key_data(cancel.process_id, cancel.secret_key));
+    hello.extend_from_slice(&backend::ready_for_query(upstream.status));
+    if client.write_all(&hello).await.is_err() || client.flush().await.is_err() {
+        return Ok(None);
+    }
+    ctx.metrics.login("ok");
+
+    let sessions = &rt.config.sessions;
+    let limits = Limits {
+        max_message_size: sessions.max_message_size,
+        idle_timeout: role.idle_timeout.or(sessions.idle_timeout),
+        max_lifetime: role.max_lifetime.or(sessions.max_lifetime),
+    };
+    Ok(Some(Ready {
+        client_buf: reader.into_buffer(),
+        upstream,
+        identity,
+        limits,
+        cancel,
+    }))
+}

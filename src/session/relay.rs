@@ -1,0 +1,555 @@
+//! The byte pump between a logged-in client and its database connection.
+//!
+//! Each direction runs as its own future inside the session task, so a client
+//! that pipelines while the database streams results never deadlocks either
+//! side. Bytes are scanned for message boundaries and forwarded as runs of
+//! whole messages in one write; nothing is decoded except the few tags pgward
+//! counts (`Q`, `E`, `S`, `F`, `Z`) and errors from the database. A DataRow or
+//! CopyData larger than [`STREAM_THRESHOLD`] is streamed through in pieces, so
+//! memory per session stays bounded by the buffer size, not the row size.
+//!
+//! Only the upstream→client future writes to the client. When the session
+//! must end with a FATAL (idle timeout, lifetime, shutdown, an oversized
+//! message) that future writes it at a message boundary, so a client never
+//! sees a FATAL spliced into the middle of a row.
+
+use std::collections::VecDeque;
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{split, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+
+use crate::error::{PgError, SqlState};
+use crate::metrics::Metrics;
+use crate::net::backend::{error_response, ErrorFields};
+use crate::net::frame::{Header, HEADER_LEN};
+use crate::net::stream::Stream;
+
+/// Frames larger than this, of a streamable type, are forwarded in pieces.
+pub const STREAM_THRESHOLD: usize = 64 * 1024;
+/// PostgreSQL never sends a message larger than 1 GiB.
+const UPSTREAM_MAX_MESSAGE: usize = 1 << 30;
+const READ_CHUNK: usize = 16 * 1024;
+/// How long a stopping session waits for the database's current message to
+/// reach the client before closing without a FATAL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Limits for one session.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_message_size: usize,
+    pub idle_timeout: Option<Duration>,
+    pub max_lifetime: Option<Duration>,
+}
+
+/// Why a session ended.
+#[derive(Debug)]
+pub enum SessionEnd {
+    ClientTerminated,
+    ClientClosed,
+    ClientIo(io::Error),
+    UpstreamClosed,
+    UpstreamIo(io::Error),
+    IdleTimeout(Duration),
+    LifetimeExceeded(Duration),
+    Shutdown,
+    MessageTooLarge { size: usize, limit: usize },
+    ProtocolViolation(String),
+}
+
+impl SessionEnd {
+    /// The FATAL the client is sent, for ends the client did not cause by
+    /// leaving.
+    pub fn fatal(&self) -> Option<PgError> {
+        let err = match self {
+            SessionEnd::IdleTimeout(d) => PgError::fatal(
+                SqlState::IDLE_SESSION_TIMEOUT,
+                format!(
+                    "pgward: session ended after {} without activity (idle timeout)",
+                    humantime::format_duration(*d)
+                ),
+            ),
+            SessionEnd::LifetimeExceeded(d) => PgError::fatal(
+                SqlState::ADMIN_SHUTDOWN,
+                format!(
+                    "pgward: session reached its maximum lifetime of {}",
+                    humantime::format_duration(*d)
+                ),
+            )
+            .with_hint("reconnect to continue"),
+            SessionEnd::Shutdown => PgError::fatal(
+                SqlState::ADMIN_SHUTDOWN,
+                "pgward: terminating connection because the proxy is shutting down",
+            ),
+            SessionEnd::MessageTooLarge { size, limit } => PgError::fatal(
+                SqlState::PROGRAM_LIMIT_EXCEEDED,
+                format!(
+                    "pgward: message of {size} bytes exceeds the limit of {limit} bytes (sessions.max_message_size)"
+                ),
+            ),
+            SessionEnd::ProtocolViolation(what) => PgError::fatal(
+                SqlState::PROTOCOL_VIOLATION,
+                format!("pgward: invalid message from client: {what}"),
+            ),
+            SessionEnd::UpstreamClosed | SessionEnd::UpstreamIo(_) => PgError::fatal(
+                SqlState::CONNECTION_FAILURE,
+                "pgward: the database closed the connection unexpectedly",
+            ),
+            SessionEnd::ClientTerminated | SessionEnd::ClientClosed | SessionEnd::ClientIo(_) => {
+                return None
+            }
+        };
+        Some(err)
+    }
+
+    /// A short label for logs and metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            SessionEnd::ClientTerminated => "client_exit",
+            SessionEnd::ClientClosed => "client_disconnect",
+            SessionEnd::ClientIo(_) => "client_error",
+            SessionEnd::UpstreamClosed => "upstream_closed",
+            SessionEnd::UpstreamIo(_) => "upstream_error",
+            SessionEnd::IdleTimeout(_) => "idle_timeout",
+            SessionEnd::LifetimeExceeded(_) => "max_lifetime",
+            SessionEnd::Shutdown => "shutdown",
+            SessionEnd::MessageTooLarge { .. } => "message_too_large",
+            SessionEnd::ProtocolViolation(_) => "protocol_violation",
+        }
+    }
+}
+
+/// Finds message boundaries in a buffer, remembering a frame that is being
+/// streamed through in pieces.
+#[derive(Default)]
+struct Scanner {
+    /// Bytes of a streamed frame that have not arrived yet.
+    remaining: usize,
+}
+
+enum ScanError {
+    InvalidLength(u32),
+    TooLarge(usize),
+}
+
+struct Scan {
+    /// Bytes at the front of the buffer that may be forwarded now.
+    forward: usize,
+    /// Scanning stopped at a frame the visitor asked to hold back.
+    stopped: bool,
+    /// Size of the incomplete frame at the end of `forward`, if one must be
+    /// read whole before it can be forwarded.
+    needs: Option<usize>,
+}
+
+impl Scanner {
+    fn at_boundary(&self) -> bool {
+        self.remaining == 0
+    }
+
+    /// `visit` sees each complete frame (header included) and returns false to
+    /// stop before it.
+    fn scan(
+        &mut self,
+        buf: &[u8],
+        limit: usize,
+        streamable: impl Fn(u8) -> bool,
+        mut visit: impl FnMut(u8, &[u8]) -> bool,
+    ) -> Result<Scan, ScanError> {
+        let mut pos = self.remaining.min(buf.len());
+        self.remaining -= pos;
+        let mut scan = Scan {
+            forward: 0,
+            stopped: false,
+            needs: None,
+        };
+        if self.remaining > 0 {
+            scan.forward = pos;
+            return Ok(scan);
+        }
+        while let Some(header) = Header::parse(&buf[pos..]) {
+            if !header.is_valid() {
+                return Err(ScanError::InvalidLength(header.len));
+            }
+            let total = header.total_len();
+            if total > limit {
+                return Err(ScanError::TooLarge(total));
+            }
+            let available = buf.len() - pos;
+            if available >= total {
+                if !visit(header.tag, &buf[pos..pos + total]) {
+                    scan.stopped = true;
+                    break;
+                }
+                pos += total;
+            } else if total > STREAM_THRESHOLD && streamable(header.tag) {
+                self.remaining = total - available;
+                pos = buf.len();
+                break;
+            } else {
+                scan.needs = Some(total);
+                break;
+            }
+        }
+        scan.forward = pos;
+        Ok(scan)
+    }
+}
+
+/// State both directions share.
+struct Shared {
+    /// Send times of Query/Sync/FunctionCall messages still waiting for their
+    /// ReadyForQuery; empty means the session is idle.
+    inflight: Mutex<VecDeque<Instant>>,
+    stop: Notify,
+    stop_reason: Mutex<Option<SessionEnd>>,
+}
+
+impl Shared {
+    fn inflight(&self) -> std::sync::MutexGuard<'_, VecDeque<Instant>> {
+        self.inflight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn request_stop(&self, reason: SessionEnd) {
+        *self.stop_reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+        self.stop.notify_one();
+    }
+
+    fn take_stop_reason(&self) -> Option<SessionEnd> {
+        self.stop_reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+}
+
+fn ensure_capacity(buf: &mut BytesMut, needs: Option<usize>) {
+    let missing = needs.map_or(0, |total| total.saturating_sub(buf.len()));
+    if buf.capacity() - buf.len() < missing.max(READ_CHUNK / 4) {
+        buf.reserve(missing.max(READ_CHUNK));
+    }
+}
+
+async fn write_chunk<W: AsyncWrite + Unpin>(w: &mut W, buf: &mut BytesMut, n: usize) -> io::Result<()> {
+    let chunk = buf.split_to(n).freeze();
+    w.write_all(&chunk).await?;
+    w.flush().await
+}
+
+async fn write_fatal<W: AsyncWrite + Unpin>(w: &mut W, err: &PgError) {
+    let msg = error_response(err);
+    // The session is ending either way; a client that is already gone simply
+    // does not get the message.
+    let _ = w.write_all(&msg).await;
+    let _ = w.flush().await;
+}
+
+/// Relays until either side ends the session. `client_buf` and
+/// `upstream_buf` hold bytes read during setup but not yet processed.
+pub async fn relay(
+    client: Stream,
+    client_buf: BytesMut,
+    upstream: Stream,
+    upstream_buf: BytesMut,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+    shutdown: watch::Receiver<bool>,
+) -> SessionEnd {
+    let (mut client_r, mut client_w) = split(client);
+    let (mut upstream_r, mut upstream_w) = split(upstream);
+    let shared = Shared {
+        inflight: Mutex::new(VecDeque::new()),
+        stop: Notify::new(),
+        stop_reason: Mutex::new(None),
+    };
+    let end = {
+        let c2u = client_to_upstream(
+            &mut client_r,
+            &mut upstream_w,
+            client_buf,
+            &shared,
+            &limits,
+            &metrics,
+        );
+        let u2c = upstream_to_client(
+            &mut upstream_r,
+            &mut client_w,
+            upstream_buf,
+            &shared,
+            &limits,
+            &metrics,
+            shutdown,
+        );
+        tokio::pin!(c2u, u2c);
+        tokio::select! {
+            end = &mut c2u => {
+                if end.fatal().is_some() {
+                    // Let the other direction deliver the FATAL at a boundary.
+                    shared.request_stop(end);
+                    match tokio::time::timeout(STOP_GRACE, &mut u2c).await {
+                        Ok(end) => end,
+                        Err(_) => shared.take_stop_reason().unwrap_or(SessionEnd::ClientClosed),
+                    }
+                } else {
+                    end
+                }
+            }
+            end = &mut u2c => end,
+        }
+    };
+    if !matches!(end, SessionEnd::UpstreamClosed | SessionEnd::UpstreamIo(_)) {
+        // Terminate, so the database logs an orderly disconnection.
+        let _ = upstream_w.write_all(b"X\0\0\0\x04").await;
+        let _ = upstream_w.flush().await;
+    }
+    let _ = upstream_w.shutdown().await;
+    let _ = client_w.shutdown().await;
+    end
+}
+
+async fn client_to_upstream(
+    client: &mut ReadHalf<Stream>,
+    upstream: &mut WriteHalf<Stream>,
+    mut buf: BytesMut,
+    shared: &Shared,
+    limits: &Limits,
+    metrics: &Metrics,
+) -> SessionEnd {
+    let mut scanner = Scanner::default();
+    loop {
+        let mut statements = 0u64;
+        let scan = scanner.scan(
+            &buf,
+            limits.max_message_size,
+            |tag| tag == b'd',
+            |tag, _frame| {
+                match tag {
+                    b'X' => return false,
+                    b'Q' => {
+                        statements += 1;
+                        shared.inflight().push_back(Instant::now());
+                    }
+                    b'S' | b'F' => shared.inflight().push_back(Instant::now()),
+                    b'E' => statements += 1,
+                    _ => {}
+                }
+                true
+            },
+        );
+        let scan = match scan {
+            Ok(scan) => scan,
+            Err(ScanError::TooLarge(size)) => {
+                return SessionEnd::MessageTooLarge {
+                    size,
+                    limit: limits.max_message_size,
+                }
+            }
+            Err(ScanError::InvalidLength(len)) => {
+                return SessionEnd::ProtocolViolation(format!("invalid message length {len}"))
+            }
+        };
+        if statements > 0 {
+            metrics.statements.inc_by(statements);
+        }
+        if scan.forward > 0 {
+            metrics.bytes_from_clients.inc_by(scan.forward as u64);
+            if let Err(e) = write_chunk(upstream, &mut buf, scan.forward).await {
+                return SessionEnd::UpstreamIo(e);
+            }
+        }
+        if scan.stopped {
+            return SessionEnd::ClientTerminated;
+        }
+        ensure_capacity(&mut buf, scan.needs);
+        let idle = limits
+            .idle_timeout
+            .filter(|_| scanner.at_boundary() && shared.inflight().is_empty());
+        let read = match idle {
+            Some(timeout) => match tokio::time::timeout(timeout, client.read_buf(&mut buf)).await {
+                Ok(read) => read,
+                Err(_) => return SessionEnd::IdleTimeout(timeout),
+            },
+            None => client.read_buf(&mut buf).await,
+        };
+        match read {
+            Ok(0) => return SessionEnd::ClientClosed,
+            Ok(_) => {}
+            Err(e) => return SessionEnd::ClientIo(e),
+        }
+    }
+}
+
+async fn upstream_to_client(
+    upstream: &mut ReadHalf<Stream>,
+    client: &mut WriteHalf<Stream>,
+    mut buf: BytesMut,
+    shared: &Shared,
+    limits: &Limits,
+    metrics: &Metrics,
+    mut shutdown: watch::Receiver<bool>,
+) -> SessionEnd {
+    let mut scanner = Scanner::default();
+    let mut saw_fatal = false;
+    let lifetime = async {
+        match limits.max_lifetime {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(lifetime);
+    let mut shutdown_open = true;
+    loop {
+        let scan = scanner.scan(
+            &buf,
+            UPSTREAM_MAX_MESSAGE,
+            |tag| tag == b'D' || tag == b'd',
+            |tag, frame| {
+                match tag {
+                    b'Z' => {
+                        if let Some(sent) = shared.inflight().pop_front() {
+                            metrics
+                                .upstream_latency
+                                .observe(sent.elapsed().as_secs_f64());
+                        }
+                    }
+                    b'E' => {
+                        if ErrorFields::parse(&frame[HEADER_LEN..]).is_fatal() {
+                            saw_fatal = true;
+                        }
+                    }
+                    _ => {}
+                }
+                true
+            },
+        );
+        let scan = match scan {
+            Ok(scan) => scan,
+            Err(_) => {
+                let end = SessionEnd::UpstreamIo(io::Error::other("malformed message from the database"));
+                if scanner.at_boundary() {
+                    if let Some(err) = end.fatal() {
+                        write_fatal(client, &err).await;
+                    }
+                }
+                return end;
+            }
+        };
+        if scan.forward > 0 {
+            metrics.bytes_to_clients.inc_by(scan.forward as u64);
+            if let Err(e) = write_chunk(client, &mut buf, scan.forward).await {
+                return SessionEnd::ClientIo(e);
+            }
+        }
+        ensure_capacity(&mut buf, scan.needs);
+        let at_boundary = scanner.at_boundary();
+        let stop = tokio::select! {
+            biased;
+            _ = shared.stop.notified(), if at_boundary => {
+                shared.take_stop_reason().unwrap_or(SessionEnd::Shutdown)
+            }
+            changed = shutdown.changed(), if at_boundary && shutdown_open => {
+                if changed.is_err() {
+                    // The server is gone without asking sessions to stop.
+                    shutdown_open = false;
+                    continue;
+                }
+                if !*shutdown.borrow() {
+                    continue;
+                }
+                SessionEnd::Shutdown
+            }
+            _ = &mut lifetime, if at_boundary => {
+                SessionEnd::LifetimeExceeded(limits.max_lifetime.unwrap_or_default())
+            }
+            read = upstream.read_buf(&mut buf) => match read {
+                Ok(0) | Err(_) if saw_fatal => return SessionEnd::UpstreamClosed,
+                Ok(0) => SessionEnd::UpstreamClosed,
+                Ok(_) => continue,
+                Err(e) => SessionEnd::UpstreamIo(e),
+            },
+        };
+        if scanner.at_boundary() {
+            if let Some(err) = stop.fatal() {
+                write_fatal(client, &err).await;
+            }
+        }
+        return stop;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut f = vec![tag];
+        f.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+        f.extend_from_slice(body);
+        f
+    }
+
+    #[test]
+    fn forwards_whole_frames_and_waits_for_partial_ones() {
+        let mut wire = frame(b'Q', b"select 1\0");
+        let partial = frame(b'Q', b"select 2\0");
+        wire.extend_from_slice(&partial[..7]);
+        let mut scanner = Scanner::default();
+        let mut seen = Vec::new();
+        let scan = scanner
+            .scan(&wire, 1 << 20, |_| false, |tag, _| {
+                seen.push(tag);
+                true
+            })
+            .ok()
+            .unwrap();
+        assert_eq!(seen, vec![b'Q']);
+        assert_eq!(scan.forward, 14);
+        assert_eq!(scan.needs, Some(14));
+    }
+
+    #[test]
+    fn streams_large_rows_in_pieces() {
+        let row = frame(b'D', &vec![7u8; STREAM_THRESHOLD * 2]);
+        let mut scanner = Scanner::default();
+        let first = scanner
+            .scan(&row[..1000], 1 << 30, |t| t == b'D', |_, _| true)
+            .ok()
+            .unwrap();
+        assert_eq!(first.forward, 1000);
+        assert!(!scanner.at_boundary());
+        let rest = &row[1000..];
+        let second = scanner
+            .scan(rest, 1 << 30, |t| t == b'D', |_, _| true)
+            .ok()
+            .unwrap();
+        assert_eq!(second.forward, rest.len());
+        assert!(scanner.at_boundary());
+    }
+
+    #[test]
+    fn stops_before_terminate_and_rejects_bad_lengths() {
+        let mut wire = frame(b'S', b"");
+        wire.extend(frame(b'X', b""));
+        let mut scanner = Scanner::default();
+        let scan = scanner
+            .scan(&wire, 1 << 20, |_| false, |tag, _| tag != b'X')
+            .ok()
+            .unwrap();
+        assert!(scan.stopped);
+        assert_eq!(scan.forward, 5);
+        let bad = b"Q\0\0\0\x01".to_vec();
+        assert!(matches!(
+            Scanner::default().scan(&bad, 1 << 20, |_| false, |_, _| true),
+            Err(ScanError::InvalidLength(1))
+        ));
+        let big = b"Q\x10\0\0\0".to_vec();
+        assert!(matches!(
+            Scanner::default().scan(&big, 1 << 20, |_| false, |_, _| true),
+            Err(ScanError::TooLarge(_))
+        ));
+    }
+}

@@ -1,0 +1,110 @@
+//! Durable state: people, their roles and attributes, and login failures.
+//!
+//! The rest of pgward sees only the [`Store`] trait, a narrow, synchronous
+//! interface. SQLite ([`SqliteStore`]) is the embedded default; a PostgreSQL
+//! implementation for several pgward instances behind a load balancer fits
+//! behind the same trait. Calls block, so async code runs them with
+//! `tokio::task::spawn_blocking`.
+
+mod migrations;
+mod sqlite;
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+pub use sqlite::SqliteStore;
+
+use crate::policy::RoleName;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("user {0:?} already exists")]
+    UserExists(String),
+    #[error("no user named {0:?}")]
+    NoSuchUser(String),
+    #[error("store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("store schema version {found} is newer than this pgward understands ({known})")]
+    TooNew { found: i64, known: i64 },
+    #[error("store: corrupt record: {0}")]
+    Corrupt(String),
+}
+
+/// A person known to pgward.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserRecord {
+    pub name: String,
+    /// PHC-format argon2id hash.
+    pub password_hash: String,
+    /// Roles in the order they were given; the first is the default.
+    pub roles: Vec<RoleName>,
+    pub attrs: BTreeMap<String, String>,
+    pub disabled: bool,
+    pub created_at: SystemTime,
+    pub last_login: Option<SystemTime>,
+}
+
+/// What `user add` needs.
+#[derive(Clone, Debug)]
+pub struct NewUser {
+    pub name: String,
+    pub password_hash: String,
+    pub roles: Vec<RoleName>,
+    pub attrs: BTreeMap<String, String>,
+}
+
+pub trait Store: Send + Sync + 'static {
+    fn add_user(&self, user: &NewUser) -> Result<(), StoreError>;
+    fn user(&self, name: &str) -> Result<Option<UserRecord>, StoreError>;
+    fn users(&self) -> Result<Vec<UserRecord>, StoreError>;
+    fn set_password(&self, name: &str, password_hash: &str) -> Result<(), StoreError>;
+    fn set_disabled(&self, name: &str, disabled: bool) -> Result<(), StoreError>;
+    fn set_roles(&self, name: &str, roles: &[RoleName]) -> Result<(), StoreError>;
+    /// Sets (`Some`) or removes (`None`) an attribute.
+    fn set_attr(&self, name: &str, key: &str, value: Option<&str>) -> Result<(), StoreError>;
+
+    /// Records a failed login for a name (known or not) and returns how many
+    /// failures that name has since `since`.
+    fn record_login_failure(
+        &self,
+        name: &str,
+        at: SystemTime,
+        since: SystemTime,
+    ) -> Result<u32, StoreError>;
+    fn login_failures_since(&self, name: &str, since: SystemTime) -> Result<u32, StoreError>;
+    /// Clears failures after a successful login and notes its time.
+    fn record_login_success(&self, name: &str, at: SystemTime) -> Result<(), StoreError>;
+}
+
+/// User names are what people type into psql and BI tools; keeping them to a
+/// conservative alphabet means they never need quoting and `+` can separate
+/// the role.
+pub fn validate_user_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid user name {name:?}: use 1-63 letters, digits, '_', '.', '-' or '@'"
+        ))
+    }
+}
+
+/// Attribute keys are referenced from row filters as `{{ user.KEY }}`.
+pub fn validate_attr_key(key: &str) -> Result<(), String> {
+    let ok = !key.is_empty()
+        && key.len() <= 63
+        && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !key.starts_with(|c: char| c.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid attribute name {key:?}: use letters, digits and '_', not starting with a digit"
+        ))
+    }
+}
