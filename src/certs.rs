@@ -11,8 +11,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -129,12 +129,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write_ca_and_server(dir.path(), &["localhost", "127.0.0.1"]).unwrap();
         for key in ["ca.key", "server.key"] {
-            let mode = std::fs::metadata(dir.path().join(key)).unwrap().permissions().mode();
+            let mode = std::fs::metadata(dir.path().join(key))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600, "{key}");
         }
         // The server certificate loads into a rustls server config.
-        crate::net::tls::server_config(&dir.path().join("server.crt"), &dir.path().join("server.key"))
-            .unwrap();
-        assert!(write_ca_and_server(dir.path(), &["localhost"]).is_err(), "never overwrites");
+        crate::net::tls::server_config(
+            &dir.path().join("server.crt"),
+            &dir.path().join("server.key"),
+        )
+        .unwrap();
+        assert!(
+            write_ca_and_server(dir.path(), &["localhost"]).is_err(),
+            "never overwrites"
+        );
     }
 }

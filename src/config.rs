@@ -200,7 +200,8 @@ pub fn parse_byte_size(s: &str) -> Result<usize, String> {
         "GiB" | "GB" => 1 << 30,
         other => return Err(format!("unknown size unit {other:?} in {s:?}")),
     };
-    n.checked_mul(mult).ok_or_else(|| format!("size {s:?} is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
 impl Config {

@@ -102,7 +102,13 @@ impl PgError {
 
 impl fmt::Display for PgError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}: {}", self.severity.as_str(), self.code, self.message)
+        write!(
+            f,
+            "{} {}: {}",
+            self.severity.as_str(),
+            self.code,
+            self.message
+        )
     }
 }
 

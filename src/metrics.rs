@@ -124,7 +124,13 @@ mod tests {
         m.upstream_latency.observe(0.002);
         let text = m.render();
         assert!(text.contains("pgward_connections_total 1"), "{text}");
-        assert!(text.contains("pgward_logins_total{outcome=\"ok\"} 1"), "{text}");
-        assert!(text.contains("pgward_upstream_latency_seconds_count 1"), "{text}");
+        assert!(
+            text.contains("pgward_logins_total{outcome=\"ok\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pgward_upstream_latency_seconds_count 1"),
+            "{text}"
+        );
     }
 }

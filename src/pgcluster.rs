@@ -225,7 +225,9 @@ impl Cluster {
         for line in &opts.hba {
             let _ = writeln!(hba, "{line}");
         }
-        hba.push_str("host all all 127.0.0.1/32 scram-sha-256\nhost all all ::1/128 scram-sha-256\n");
+        hba.push_str(
+            "host all all 127.0.0.1/32 scram-sha-256\nhost all all ::1/128 scram-sha-256\n",
+        );
         std::fs::write(data.join("pg_hba.conf"), hba)?;
         Ok(())
     }

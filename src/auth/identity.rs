@@ -85,7 +85,10 @@ mod tests {
         let login =
             LoginName::parse("alice", Some("-c pgward.role=dba -c statement_timeout=5s")).unwrap();
         assert_eq!(login.role.unwrap().as_str(), "dba");
-        assert_eq!(login.forwarded_options.as_deref(), Some("-c statement_timeout=5s"));
+        assert_eq!(
+            login.forwarded_options.as_deref(),
+            Some("-c statement_timeout=5s")
+        );
         let login = LoginName::parse("alice", Some("--pgward.role=dba")).unwrap();
         assert_eq!(login.role.unwrap().as_str(), "dba");
         assert_eq!(login.forwarded_options, None);

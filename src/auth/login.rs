@@ -119,10 +119,16 @@ impl Authenticator {
             .map_err(|e| StoreError::Corrupt(format!("store task failed: {e}")))?
     }
 
-    pub async fn login(&self, login: &LoginName, password: String) -> Result<Identity, LoginFailure> {
+    pub async fn login(
+        &self,
+        login: &LoginName,
+        password: String,
+    ) -> Result<Identity, LoginFailure> {
         let name = login.user.clone();
         let now = SystemTime::now();
-        let since = now.checked_sub(self.window).unwrap_or(SystemTime::UNIX_EPOCH);
+        let since = now
+            .checked_sub(self.window)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
 
         let n = name.clone();
         let failures = self
@@ -173,7 +179,8 @@ impl Authenticator {
                 .ok_or_else(|| LoginFailure::NoRoles(name.clone()))?,
         };
         let n = name.clone();
-        self.blocking(move |s| s.record_login_success(&n, now)).await?;
+        self.blocking(move |s| s.record_login_success(&n, now))
+            .await?;
         Ok(Identity {
             user: user.name,
             role,
@@ -221,8 +228,14 @@ mod tests {
     #[tokio::test]
     async fn unknown_user_and_wrong_password_look_the_same() {
         let (auth, _) = setup(5);
-        let wrong = auth.login(&name("alice"), "wrong".into()).await.unwrap_err();
-        let unknown = auth.login(&name("mallory"), "wrong".into()).await.unwrap_err();
+        let wrong = auth
+            .login(&name("alice"), "wrong".into())
+            .await
+            .unwrap_err();
+        let unknown = auth
+            .login(&name("mallory"), "wrong".into())
+            .await
+            .unwrap_err();
         assert_eq!(wrong.to_pg_error().code, SqlState::INVALID_PASSWORD);
         assert_eq!(unknown.to_pg_error().code, SqlState::INVALID_PASSWORD);
         assert_eq!(
@@ -235,12 +248,21 @@ mod tests {
     async fn lockout_after_max_failures_even_with_right_password() {
         let (auth, _) = setup(3);
         for _ in 0..2 {
-            let err = auth.login(&name("alice"), "wrong".into()).await.unwrap_err();
+            let err = auth
+                .login(&name("alice"), "wrong".into())
+                .await
+                .unwrap_err();
             assert!(matches!(err, LoginFailure::BadCredentials(_)));
         }
-        let err = auth.login(&name("alice"), "wrong".into()).await.unwrap_err();
+        let err = auth
+            .login(&name("alice"), "wrong".into())
+            .await
+            .unwrap_err();
         assert!(matches!(err, LoginFailure::Locked { .. }));
-        let err = auth.login(&name("alice"), "right".into()).await.unwrap_err();
+        let err = auth
+            .login(&name("alice"), "right".into())
+            .await
+            .unwrap_err();
         assert_eq!(err.to_pg_error().code, SqlState::INVALID_AUTHORIZATION);
         assert!(err.to_pg_error().message.contains("locked"));
     }
@@ -248,12 +270,21 @@ mod tests {
     #[tokio::test]
     async fn disabled_and_ungranted_role_are_refused_after_the_password() {
         let (auth, store) = setup(5);
-        let err = auth.login(&name("alice+analyst"), "right".into()).await.unwrap_err();
+        let err = auth
+            .login(&name("alice+analyst"), "right".into())
+            .await
+            .unwrap_err();
         assert!(matches!(err, LoginFailure::RoleNotGranted { .. }));
         store.set_disabled("alice", true).unwrap();
-        let err = auth.login(&name("alice"), "wrong".into()).await.unwrap_err();
+        let err = auth
+            .login(&name("alice"), "wrong".into())
+            .await
+            .unwrap_err();
         assert!(matches!(err, LoginFailure::BadCredentials(_)));
-        let err = auth.login(&name("alice"), "right".into()).await.unwrap_err();
+        let err = auth
+            .login(&name("alice"), "right".into())
+            .await
+            .unwrap_err();
         assert!(matches!(err, LoginFailure::Disabled(_)));
     }
 }

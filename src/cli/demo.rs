@@ -47,7 +47,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let rt = super::runtime()?;
     let result = rt.block_on(demo(&cluster, work.path(), args.listen));
     drop(cluster);
-    println!("pgward demo: stopped; removed the database and {}", work.path().display());
+    println!(
+        "pgward demo: stopped; removed the database and {}",
+        work.path().display()
+    );
     result
 }
 
@@ -72,7 +75,10 @@ async fn load_sample_data(cluster: &Cluster) -> anyhow::Result<()> {
     admin.query("CREATE DATABASE clinic").await?;
     admin.close().await;
     let mut clinic = SimpleClient::new(connect("clinic").await?);
-    clinic.query(CLINIC_SQL).await.context("loading sample data")?;
+    clinic
+        .query(CLINIC_SQL)
+        .await
+        .context("loading sample data")?;
     clinic.close().await;
     Ok(())
 }
@@ -138,7 +144,10 @@ async fn demo(cluster: &Cluster, work: &Path, listen: SocketAddr) -> anyhow::Res
     );
     println!();
     println!("  config: {}", config_path.display());
-    println!("  more users: pgward user add NAME --role dba --config {}", config_path.display());
+    println!(
+        "  more users: pgward user add NAME --role dba --config {}",
+        config_path.display()
+    );
     println!();
     println!("Press Ctrl+C to stop and clean up.");
     tokio::signal::ctrl_c().await?;

@@ -41,9 +41,8 @@ pub struct InitArgs {
 }
 
 fn parse_tls_mode(s: &str) -> Result<UpstreamTlsMode, String> {
-    serde_yaml::from_str(s).map_err(|_| {
-        format!("unknown TLS mode {s:?}: use disable, prefer, require or verify-full")
-    })
+    serde_yaml::from_str(s)
+        .map_err(|_| format!("unknown TLS mode {s:?}: use disable, prefer, require or verify-full"))
 }
 
 /// Everything `init` needs, for callers other than the command line (the demo).
@@ -149,7 +148,9 @@ pub fn init(opts: &InitOptions) -> anyhow::Result<PathBuf> {
         Some(addr) => format!("admin_listen: {addr}\n"),
         None => "# admin_listen: 127.0.0.1:9187\n".to_string(),
     };
-    let tls_mode = serde_yaml::to_string(&opts.upstream_tls)?.trim().to_string();
+    let tls_mode = serde_yaml::to_string(&opts.upstream_tls)?
+        .trim()
+        .to_string();
     let config = format!(
         "# pgward configuration. Relative paths are relative to this file.\n\
          \n\
@@ -234,10 +235,16 @@ mod tests {
         let dba = policies.role(&RoleName::parse("dba").unwrap()).unwrap();
         assert!(dba.unrestricted);
         assert_eq!(dba.upstream.user, "admin");
-        assert_eq!(dba.upstream.resolved_password.as_ref().unwrap().expose(), "s3cret");
+        assert_eq!(
+            dba.upstream.resolved_password.as_ref().unwrap().expose(),
+            "s3cret"
+        );
         let yaml = fs::read_to_string(&path).unwrap()
             + &fs::read_to_string(dir.join("policies/dba.yaml")).unwrap();
-        assert!(!yaml.contains("s3cret"), "the password is never written into YAML");
+        assert!(
+            !yaml.contains("s3cret"),
+            "the password is never written into YAML"
+        );
         let mode = fs::metadata(dir.join("secrets/dba-upstream.password"))
             .unwrap()
             .permissions()

@@ -14,7 +14,11 @@ use clap::{Parser, Subcommand};
 pub use init::{init, InitOptions};
 
 #[derive(Parser)]
-#[command(name = "pgward", version, about = "A PostgreSQL access proxy for regulated data")]
+#[command(
+    name = "pgward",
+    version,
+    about = "A PostgreSQL access proxy for regulated data"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -24,7 +28,12 @@ struct Cli {
 #[derive(clap::Args, Clone)]
 pub struct ConfigArg {
     /// Path to pgward.yaml.
-    #[arg(long, short = 'c', env = "PGWARD_CONFIG", default_value = "pgward.yaml")]
+    #[arg(
+        long,
+        short = 'c',
+        env = "PGWARD_CONFIG",
+        default_value = "pgward.yaml"
+    )]
     pub config: PathBuf,
 }
 

@@ -7,8 +7,8 @@ use crate::config::Config;
 use crate::server::{self, Stop};
 
 pub fn run(args: ConfigArg) -> anyhow::Result<()> {
-    let config = Config::load(&args.config)
-        .with_context(|| format!("loading {}", args.config.display()))?;
+    let config =
+        Config::load(&args.config).with_context(|| format!("loading {}", args.config.display()))?;
     super::service_logging(&config.log);
     super::runtime()?.block_on(server::serve(args.config, None, Stop::Signals))
 }

@@ -195,7 +195,10 @@ mod tests {
     #[test]
     fn small_messages_have_their_fixed_encodings() {
         assert_eq!(&authentication_ok()[..], b"R\0\0\0\x08\0\0\0\0");
-        assert_eq!(&authentication_cleartext_password()[..], b"R\0\0\0\x08\0\0\0\x03");
+        assert_eq!(
+            &authentication_cleartext_password()[..],
+            b"R\0\0\0\x08\0\0\0\x03"
+        );
         assert_eq!(&ready_for_query(b'I')[..], b"Z\0\0\0\x05I");
         assert_eq!(
             &backend_key_data(7, 9)[..],

@@ -116,7 +116,8 @@ fn parse_params(mut rest: &[u8]) -> Result<Vec<(String, String)>, StartupError> 
         }
         let value =
             read_cstr(&mut rest).ok_or(StartupError::Malformed("parameter without a value"))?;
-        let key = String::from_utf8(key).map_err(|_| StartupError::Malformed("parameter name is not UTF-8"))?;
+        let key = String::from_utf8(key)
+            .map_err(|_| StartupError::Malformed("parameter name is not UTF-8"))?;
         // Values are kept as given; libpq sends them in the client encoding,
         // which for startup is ASCII in practice. Invalid UTF-8 is refused
         // rather than guessed at.
@@ -225,12 +226,18 @@ mod tests {
     #[tokio::test]
     async fn reads_cancel_and_ssl_requests() {
         let ssl = packet(&SSL_REQUEST.to_be_bytes());
-        assert_eq!(read_packet(&mut &ssl[..]).await.unwrap(), StartupPacket::SslRequest);
+        assert_eq!(
+            read_packet(&mut &ssl[..]).await.unwrap(),
+            StartupPacket::SslRequest
+        );
         let mut body = CANCEL_REQUEST.to_be_bytes().to_vec();
         body.extend_from_slice(&[0, 0, 0, 5, 0, 0, 0, 6]);
         assert_eq!(
             read_packet(&mut &packet(&body)[..]).await.unwrap(),
-            StartupPacket::Cancel { process_id: 5, secret_key: 6 }
+            StartupPacket::Cancel {
+                process_id: 5,
+                secret_key: 6
+            }
         );
     }
 

@@ -119,8 +119,11 @@ pub fn upstream_config(
 
 /// Turns a host into the name TLS verifies against.
 pub fn server_name(host: &str) -> Result<ServerName<'static>, TlsError> {
-    ServerName::try_from(host.to_string())
-        .map_err(|_| TlsError::Rustls(rustls::Error::General(format!("invalid host name {host:?}"))))
+    ServerName::try_from(host.to_string()).map_err(|_| {
+        TlsError::Rustls(rustls::Error::General(format!(
+            "invalid host name {host:?}"
+        )))
+    })
 }
 
 /// `prefer` and `require` encrypt without authenticating the server, exactly as
@@ -147,7 +150,12 @@ impl ServerCertVerifier for EncryptOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -156,7 +164,12 @@ impl ServerCertVerifier for EncryptOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

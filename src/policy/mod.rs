@@ -86,10 +86,11 @@ impl PolicySet {
             path: path.to_path_buf(),
             source,
         })?;
-        let file: PolicyFile = serde_yaml::from_str(&text).map_err(|source| PolicyError::Parse {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let file: PolicyFile =
+            serde_yaml::from_str(&text).map_err(|source| PolicyError::Parse {
+                path: path.to_path_buf(),
+                source,
+            })?;
         let base = path.parent().unwrap_or(Path::new("."));
         for (name, mut role) in file.roles {
             let invalid = |message: String| PolicyError::Invalid {

@@ -42,7 +42,10 @@ pub fn load_runtime(config_path: &Path) -> anyhow::Result<Runtime> {
         host: up.host.clone(),
         port: up.port,
         tls: upstream_tls,
-        tls_required: matches!(up.tls, UpstreamTlsMode::Require | UpstreamTlsMode::VerifyFull),
+        tls_required: matches!(
+            up.tls,
+            UpstreamTlsMode::Require | UpstreamTlsMode::VerifyFull
+        ),
         connect_timeout: up.connect_timeout,
     };
     Ok(Runtime {
@@ -89,7 +92,12 @@ pub async fn serve(
     );
     let metrics = Arc::new(Metrics::new());
     let (terminate_tx, terminate_rx) = watch::channel(false);
-    let ctx = Arc::new(Context::new(runtime, auth, Arc::clone(&metrics), terminate_rx));
+    let ctx = Arc::new(Context::new(
+        runtime,
+        auth,
+        Arc::clone(&metrics),
+        terminate_rx,
+    ));
 
     let listener = TcpListener::bind(config.listen)
         .await
@@ -136,9 +144,15 @@ pub async fn serve(
     let running = max - slots.available_permits();
     tracing::info!(sessions = running, grace = ?grace, "shutting down: no new connections");
     let all = u32::try_from(max).unwrap_or(u32::MAX);
-    if tokio::time::timeout(grace, slots.acquire_many(all)).await.is_err() {
+    if tokio::time::timeout(grace, slots.acquire_many(all))
+        .await
+        .is_err()
+    {
         let left = max - slots.available_permits();
-        tracing::info!(sessions = left, "grace period over: ending remaining sessions");
+        tracing::info!(
+            sessions = left,
+            "grace period over: ending remaining sessions"
+        );
         let _ = terminate_tx.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(10), slots.acquire_many(all)).await;
     }
@@ -151,12 +165,17 @@ fn reload(ctx: &Context, config_path: &Path) {
         Ok(new) => {
             let old = ctx.runtime.load();
             if new.config.listen != old.config.listen {
-                tracing::warn!("listen address changes need a restart; keeping {}", old.config.listen);
+                tracing::warn!(
+                    "listen address changes need a restart; keeping {}",
+                    old.config.listen
+                );
             }
             tracing::info!(roles = new.policies.len(), "configuration reloaded");
             ctx.runtime.store(Arc::new(new));
         }
-        Err(e) => tracing::error!(error = %format!("{e:#}"), "reload failed; keeping the running configuration"),
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "reload failed; keeping the running configuration")
+        }
     }
 }
 

@@ -105,7 +105,8 @@ pub async fn run(
         let _ = tcp.set_nodelay(true);
         let rt = ctx.runtime.load_full();
         let startup_timeout = rt.config.sessions.startup_timeout;
-        let opened = tokio::time::timeout(startup_timeout, open(&ctx, &rt, tcp, peer, slot.is_some())).await;
+        let opened =
+            tokio::time::timeout(startup_timeout, open(&ctx, &rt, tcp, peer, slot.is_some())).await;
         let opened = match opened {
             Ok(Some(opened)) => opened,
             Ok(None) => return,
@@ -165,22 +166,23 @@ async fn open(
     has_slot: bool,
 ) -> Option<Opened> {
     let allow_plain = rt.config.tls.allow_plaintext_loopback;
-    let (mut client, msg) = match startup::negotiate(tcp, peer, Arc::clone(&rt.tls), allow_plain).await {
-        Opening::Startup(stream, msg) => (stream, msg),
-        Opening::Cancel {
-            process_id,
-            secret_key,
-        } => {
-            forward_cancel(ctx, process_id, secret_key).await;
-            return None;
-        }
-        Opening::Gone => return None,
-        Opening::Refuse(stream, err) => {
-            tracing::info!(%err, "connection refused");
-            refuse(stream, &err).await;
-            return None;
-        }
-    };
+    let (mut client, msg) =
+        match startup::negotiate(tcp, peer, Arc::clone(&rt.tls), allow_plain).await {
+            Opening::Startup(stream, msg) => (stream, msg),
+            Opening::Cancel {
+                process_id,
+                secret_key,
+            } => {
+                forward_cancel(ctx, process_id, secret_key).await;
+                return None;
+            }
+            Opening::Gone => return None,
+            Opening::Refuse(stream, err) => {
+                tracing::info!(%err, "connection refused");
+                refuse(stream, &err).await;
+                return None;
+            }
+        };
     match login(ctx, rt, &mut client, &msg, has_slot).await {
         Ok(Some(ready)) => Some(Opened {
             client,
@@ -203,7 +205,9 @@ async fn forward_cancel(ctx: &Context, process_id: u32, secret_key: u32) {
     ctx.metrics.cancel_requests.inc();
     match ctx.cancels.lookup(process_id, secret_key) {
         Some(target) => {
-            if let Err(e) = upstream::cancel(&target.upstream, target.process_id, target.secret_key).await {
+            if let Err(e) =
+                upstream::cancel(&target.upstream, target.process_id, target.secret_key).await
+            {
                 tracing::warn!(error = %e, "could not deliver cancel request");
             } else {
                 tracing::info!(process_id, "cancel request delivered");
@@ -215,7 +219,11 @@ async fn forward_cancel(ctx: &Context, process_id: u32, secret_key: u32) {
 
 /// Startup parameters passed on to the database: everything the client sent
 /// except what pgward decides itself.
-fn upstream_params(msg: &StartupMessage, login: &LoginName, database: &str) -> Vec<(String, String)> {
+fn upstream_params(
+    msg: &StartupMessage,
+    login: &LoginName,
+    database: &str,
+) -> Vec<(String, String)> {
     let mut params = vec![("database".to_string(), database.to_string())];
     let app = msg.get("application_name").filter(|a| !a.is_empty());
     // pgward's tag comes first so PostgreSQL's 63-byte limit cuts the
@@ -257,7 +265,10 @@ async fn login(
     has_slot: bool,
 ) -> Result<Option<Ready>, PgError> {
     startup::check_version(client, msg).await?;
-    if msg.get("replication").is_some_and(|r| r != "false" && r != "0" && r != "off") {
+    if msg
+        .get("replication")
+        .is_some_and(|r| r != "false" && r != "0" && r != "off")
+    {
         return Err(PgError::fatal(
             SqlState::FEATURE_NOT_SUPPORTED,
             "pgward: replication connections are not supported through pgward",
@@ -362,7 +373,10 @@ async fn login(
     for frame in &upstream.startup_frames {
         hello.extend_from_slice(frame);
     }
-    hello.extend_from_slice(&backend::backend_key_data(cancel.process_id, cancel.secret_key));
+    hello.extend_from_slice(&backend::backend_key_data(
+        cancel.process_id,
+        cancel.secret_key,
+    ));
     hello.extend_from_slice(&backend::ready_for_query(upstream.status));
     if client.write_all(&hello).await.is_err() || client.flush().await.is_err() {
         return Ok(None);

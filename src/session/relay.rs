@@ -205,6 +205,9 @@ struct Shared {
     /// Send times of Query/Sync/FunctionCall messages still waiting for their
     /// ReadyForQuery; empty means the session is idle.
     inflight: Mutex<VecDeque<Instant>>,
+    /// Signalled when the last in-flight request completes, so the client
+    /// side can start its idle timer.
+    went_idle: Notify,
     stop: Notify,
     stop_reason: Mutex<Option<SessionEnd>>,
 }
@@ -234,7 +237,11 @@ fn ensure_capacity(buf: &mut BytesMut, needs: Option<usize>) {
     }
 }
 
-async fn write_chunk<W: AsyncWrite + Unpin>(w: &mut W, buf: &mut BytesMut, n: usize) -> io::Result<()> {
+async fn write_chunk<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    buf: &mut BytesMut,
+    n: usize,
+) -> io::Result<()> {
     let chunk = buf.split_to(n).freeze();
     w.write_all(&chunk).await?;
     w.flush().await
@@ -263,6 +270,7 @@ pub async fn relay(
     let (mut upstream_r, mut upstream_w) = split(upstream);
     let shared = Shared {
         inflight: Mutex::new(VecDeque::new()),
+        went_idle: Notify::new(),
         stop: Notify::new(),
         stop_reason: Mutex::new(None),
     };
@@ -373,6 +381,14 @@ async fn client_to_upstream(
                 Ok(read) => read,
                 Err(_) => return SessionEnd::IdleTimeout(timeout),
             },
+            None if limits.idle_timeout.is_some() => {
+                // Busy: wait for data, or for the session to become idle
+                // and start the idle timer. read_buf is cancel-safe.
+                tokio::select! {
+                    read = client.read_buf(&mut buf) => read,
+                    _ = shared.went_idle.notified() => continue,
+                }
+            }
             None => client.read_buf(&mut buf).await,
         };
         match read {
@@ -410,16 +426,18 @@ async fn upstream_to_client(
             |tag, frame| {
                 match tag {
                     b'Z' => {
-                        if let Some(sent) = shared.inflight().pop_front() {
+                        let mut inflight = shared.inflight();
+                        if let Some(sent) = inflight.pop_front() {
                             metrics
                                 .upstream_latency
                                 .observe(sent.elapsed().as_secs_f64());
+                            if inflight.is_empty() {
+                                shared.went_idle.notify_one();
+                            }
                         }
                     }
-                    b'E' => {
-                        if ErrorFields::parse(&frame[HEADER_LEN..]).is_fatal() {
-                            saw_fatal = true;
-                        }
+                    b'E' if ErrorFields::parse(&frame[HEADER_LEN..]).is_fatal() => {
+                        saw_fatal = true;
                     }
                     _ => {}
                 }
@@ -429,7 +447,8 @@ async fn upstream_to_client(
         let scan = match scan {
             Ok(scan) => scan,
             Err(_) => {
-                let end = SessionEnd::UpstreamIo(io::Error::other("malformed message from the database"));
+                let end =
+                    SessionEnd::UpstreamIo(io::Error::other("malformed message from the database"));
                 if scanner.at_boundary() {
                     if let Some(err) = end.fatal() {
                         write_fatal(client, &err).await;
@@ -500,10 +519,15 @@ mod tests {
         let mut scanner = Scanner::default();
         let mut seen = Vec::new();
         let scan = scanner
-            .scan(&wire, 1 << 20, |_| false, |tag, _| {
-                seen.push(tag);
-                true
-            })
+            .scan(
+                &wire,
+                1 << 20,
+                |_| false,
+                |tag, _| {
+                    seen.push(tag);
+                    true
+                },
+            )
             .ok()
             .unwrap();
         assert_eq!(seen, vec![b'Q']);

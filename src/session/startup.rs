@@ -98,14 +98,17 @@ pub async fn negotiate(
                 }
             }
             StartupPacket::Startup(msg) => {
-                if !stream.is_tls() && !(allow_plaintext_loopback && peer.ip().is_loopback()) {
+                let plaintext_allowed = allow_plaintext_loopback && peer.ip().is_loopback();
+                if !(stream.is_tls() || plaintext_allowed) {
                     return Opening::Refuse(
                         stream,
                         PgError::fatal(
                             SqlState::INVALID_AUTHORIZATION,
                             "pgward: connection refused: TLS is required",
                         )
-                        .with_hint("connect with sslmode=require (or verify-full with pgward's CA)"),
+                        .with_hint(
+                            "connect with sslmode=require (or verify-full with pgward's CA)",
+                        ),
                     );
                 }
                 return Opening::Startup(stream, msg);

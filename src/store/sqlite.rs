@@ -113,12 +113,17 @@ impl Store for SqliteStore {
     fn add_user(&self, user: &NewUser) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let attrs = serde_json::to_string(&user.attrs)
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let attrs =
+            serde_json::to_string(&user.attrs).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let inserted = tx.execute(
             "INSERT INTO users (name, password_hash, attrs, created_at) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT(name) DO NOTHING",
-            params![user.name, user.password_hash, attrs, micros(SystemTime::now())],
+            params![
+                user.name,
+                user.password_hash,
+                attrs,
+                micros(SystemTime::now())
+            ],
         )?;
         if inserted == 0 {
             return Err(StoreError::UserExists(user.name.clone()));
@@ -195,7 +200,9 @@ impl Store for SqliteStore {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let attrs: Option<String> = tx
-            .query_row("SELECT attrs FROM users WHERE name = ?1", [name], |r| r.get(0))
+            .query_row("SELECT attrs FROM users WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
             .optional()?;
         let attrs = attrs.ok_or_else(|| StoreError::NoSuchUser(name.to_string()))?;
         let mut attrs: BTreeMap<String, String> =
@@ -204,7 +211,8 @@ impl Store for SqliteStore {
             Some(v) => attrs.insert(key.to_string(), v.to_string()),
             None => attrs.remove(key),
         };
-        let attrs = serde_json::to_string(&attrs).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let attrs =
+            serde_json::to_string(&attrs).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         tx.execute(
             "UPDATE users SET attrs = ?2 WHERE name = ?1",
             params![name, attrs],
@@ -320,23 +328,34 @@ mod tests {
         for i in 0..3 {
             let at = t0 + Duration::from_secs(i);
             assert_eq!(
-                store.record_login_failure("alice", at, at - window).unwrap(),
+                store
+                    .record_login_failure("alice", at, at - window)
+                    .unwrap(),
                 i as u32 + 1
             );
         }
         let later = t0 + Duration::from_secs(2000);
-        assert_eq!(store.login_failures_since("alice", later - window).unwrap(), 0);
+        assert_eq!(
+            store.login_failures_since("alice", later - window).unwrap(),
+            0
+        );
         assert_eq!(store.login_failures_since("alice", t0).unwrap(), 3);
         store.record_login_success("alice", later).unwrap();
         assert_eq!(store.login_failures_since("alice", t0).unwrap(), 0);
-        assert_eq!(store.user("alice").unwrap().unwrap().last_login, Some(later));
+        assert_eq!(
+            store.user("alice").unwrap().unwrap().last_login,
+            Some(later)
+        );
     }
 
     #[test]
     fn reopening_keeps_data_and_schema() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pgward.db");
-        SqliteStore::open(&path).unwrap().add_user(&alice()).unwrap();
+        SqliteStore::open(&path)
+            .unwrap()
+            .add_user(&alice())
+            .unwrap();
         let store = SqliteStore::open(&path).unwrap();
         assert!(store.user("alice").unwrap().is_some());
     }

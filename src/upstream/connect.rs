@@ -83,7 +83,9 @@ impl From<FrameError> for UpstreamError {
     fn from(e: FrameError) -> Self {
         match e {
             FrameError::Io(e) => UpstreamError::Io(e),
-            FrameError::Closed => UpstreamError::Protocol("connection closed during startup".into()),
+            FrameError::Closed => {
+                UpstreamError::Protocol("connection closed during startup".into())
+            }
             other => UpstreamError::Protocol(other.to_string()),
         }
     }
@@ -247,12 +249,17 @@ async fn connect_inner(
 fn auth_code(frame: &Frame) -> Result<u32, UpstreamError> {
     let b = frame.body();
     if b.len() < 4 {
-        return Err(UpstreamError::Protocol("short authentication message".into()));
+        return Err(UpstreamError::Protocol(
+            "short authentication message".into(),
+        ));
     }
     Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
 }
 
-async fn expect_auth(stream: &mut Stream, reader: &mut FrameReader) -> Result<Frame, UpstreamError> {
+async fn expect_auth(
+    stream: &mut Stream,
+    reader: &mut FrameReader,
+) -> Result<Frame, UpstreamError> {
     let frame = reader.read(stream, STARTUP_FRAME_LIMIT).await?;
     match frame.tag() {
         b'R' => Ok(frame),
@@ -303,7 +310,9 @@ async fn authenticate(
                 9 => "SSPI",
                 _ => "unknown method",
             };
-            return Err(UpstreamError::AuthUnsupported(format!("{name}, code {other}")));
+            return Err(UpstreamError::AuthUnsupported(format!(
+                "{name}, code {other}"
+            )));
         }
     }
     stream.write_all(&out).await?;
@@ -371,7 +380,11 @@ async fn scram(
 
 /// Sends a CancelRequest for a backend. Cancel requests carry no credentials
 /// and PostgreSQL accepts them without TLS, as libpq sends them.
-pub async fn cancel(target: &Target, process_id: u32, secret_key: u32) -> Result<(), UpstreamError> {
+pub async fn cancel(
+    target: &Target,
+    process_id: u32,
+    secret_key: u32,
+) -> Result<(), UpstreamError> {
     let mut tcp = tcp(target).await?;
     let mut buf = BytesMut::new();
     frontend::cancel_request(process_id as i32, secret_key as i32, &mut buf);

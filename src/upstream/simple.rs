@@ -73,7 +73,10 @@ impl SimpleClient {
 
 fn parse_data_row(body: &[u8]) -> Result<Row, SimpleError> {
     let bad = || SimpleError::Protocol("malformed DataRow".into());
-    let count = u16::from_be_bytes([*body.first().ok_or_else(bad)?, *body.get(1).ok_or_else(bad)?]);
+    let count = u16::from_be_bytes([
+        *body.first().ok_or_else(bad)?,
+        *body.get(1).ok_or_else(bad)?,
+    ]);
     let mut pos = 2;
     let mut row = Vec::with_capacity(count as usize);
     for _ in 0..count {

@@ -80,12 +80,12 @@ impl PgUrl {
             return Err(UrlError("the host is empty".into()));
         }
         let port = match port {
-            Some(p) => p
-                .parse()
-                .map_err(|_| UrlError(format!("bad port {p:?}")))?,
+            Some(p) => p.parse().map_err(|_| UrlError(format!("bad port {p:?}")))?,
             None => 5432,
         };
-        let database = (!path.is_empty()).then(|| percent_decode(path)).transpose()?;
+        let database = (!path.is_empty())
+            .then(|| percent_decode(path))
+            .transpose()?;
         Ok(PgUrl {
             user,
             password,

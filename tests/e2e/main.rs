@@ -1,0 +1,13 @@
+//! End-to-end tests: real PostgreSQL, real `pgward serve`, real clients
+//! (tokio-postgres, psql, pgbench) and raw protocol bytes for bad input.
+
+mod harness;
+mod raw;
+
+mod auth;
+mod bad_input;
+mod cancel;
+mod clients;
+mod relay;
+mod sessions;
+mod upstream;
