@@ -59,7 +59,7 @@ pub fn db() -> &'static Db {
              CREATE ROLE trust_user LOGIN;
              CREATE DATABASE clinic;
              CREATE DATABASE other;";
-        psql_ok(&cluster.conninfo("postgres"), &setup);
+        psql_ok(&cluster.conninfo("postgres"), setup);
         let clinic = std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/clinic.sql"),
         )
