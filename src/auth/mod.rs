@@ -1,8 +1,8 @@
 //! Who is connecting: password hashing, the name a person logs in with, and
 //! the login decision (including lockout).
 //!
-//! Password checks are deliberately slow (argon2id), so they run on tokio's
-//! blocking pool behind a semaphore: a flood of logins queues there instead of
+//! Password checks are deliberately slow (argon2id), so they run on a fixed
+//! set of dedicated threads: a flood of logins queues there instead of
 //! starving the worker threads that relay running sessions.
 
 pub mod identity;

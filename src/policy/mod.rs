@@ -184,4 +184,21 @@ mod tests {
         let err = PolicySet::load_dir(dir.path()).unwrap_err().to_string();
         assert!(err.contains("PGWARD_TEST_SURELY_UNSET"), "{err}");
     }
+
+    #[test]
+    fn the_example_policy_from_the_product_brief_loads() {
+        std::env::set_var("PGWARD_APP_READER_PASSWORD", "reader");
+        std::env::set_var("PGWARD_DBA_PASSWORD", "dba");
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+        let set = PolicySet::load_dir(&dir).unwrap();
+        let analyst = set.role(&RoleName::parse("analyst").unwrap()).unwrap();
+        assert!(!analyst.unrestricted);
+        assert_eq!(analyst.statements, vec![StatementClass::Read]);
+        assert!(analyst.tables.contains_key("public.patients"));
+        assert!(set
+            .role(&RoleName::parse("dba").unwrap())
+            .unwrap()
+            .grant_only
+            .is_some());
+    }
 }

@@ -316,7 +316,31 @@ pub async fn relay(
     }
     let _ = upstream_w.shutdown().await;
     let _ = client_w.shutdown().await;
+    if matches!(
+        end,
+        SessionEnd::MessageTooLarge { .. } | SessionEnd::ProtocolViolation(_)
+    ) {
+        linger(&mut client_r).await;
+    }
     end
+}
+
+/// After refusing a message mid-transfer, keep reading (and discarding) for a
+/// moment: closing a socket with unread data makes the kernel send a reset,
+/// which can destroy the FATAL before the client reads it.
+async fn linger(client: &mut ReadHalf<Stream>) {
+    const LINGER_BYTES: usize = 8 << 20;
+    let mut sink = vec![0u8; 16 * 1024];
+    let mut drained = 0;
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while drained < LINGER_BYTES {
+            match client.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
+    })
+    .await;
 }
 
 async fn client_to_upstream(
