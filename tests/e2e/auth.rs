@@ -112,6 +112,51 @@ async fn lockout_after_repeated_failures() {
     assert!(proxy.metric("pgward_logins_total{outcome=\"locked\"}") >= 2.0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_flood_does_not_stall_running_sessions() {
+    let proxy = Proxy::start();
+    proxy.add_user("alice", &["dba"]);
+    let client = proxy.connect("alice", PASSWORD).await.expect("login");
+    // 60 wrong-password logins under distinct names (no lockout): each costs
+    // an argon2id check, two at a time.
+    let flood: Vec<_> = (0..60)
+        .map(|i| {
+            let tls = proxy.tls_config();
+            let port = proxy.port;
+            tokio::spawn(async move {
+                let cfg = format!(
+                    "host=127.0.0.1 port={port} user=flood{i} password=x dbname=clinic sslmode=require"
+                );
+                let _ = tokio_postgres::connect(&cfg, tokio_postgres_rustls::MakeRustlsConnect::new(tls)).await;
+            })
+        })
+        .collect();
+    let mut slowest = Duration::ZERO;
+    let flood_started = Instant::now();
+    while flood.iter().any(|h| !h.is_finished()) {
+        let t = Instant::now();
+        client
+            .simple_query("select 1")
+            .await
+            .expect("query during flood");
+        slowest = slowest.max(t.elapsed());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let flood_time = flood_started.elapsed();
+    assert!(
+        slowest < Duration::from_millis(500),
+        "a running session waited {slowest:?} while {flood_time:?} of logins were hashed"
+    );
+    assert!(
+        flood_time > slowest * 4,
+        "the flood outlasted single queries ({flood_time:?})"
+    );
+    assert_eq!(
+        proxy.metric("pgward_logins_total{outcome=\"bad_credentials\"}"),
+        60.0
+    );
+}
+
 #[tokio::test]
 async fn psql_asking_for_a_password_is_not_a_failure() {
     // psql first connects without a password, hangs up when asked for one,

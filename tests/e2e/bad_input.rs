@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::harness::{eventually, Proxy, Setup, PASSWORD};
+use crate::harness::{eventually, rss_kib, Proxy, Setup, PASSWORD};
 use crate::raw::{query, startup_packet, Raw};
 
 #[tokio::test]
@@ -60,6 +60,24 @@ async fn unsupported_protocol_versions() {
     assert!(body.windows(11).any(|w| w == b"_pq_.future"));
     let (tag, _) = raw.read().await.expect("auth request");
     assert_eq!(tag, b'R');
+}
+
+#[tokio::test]
+async fn gssapi_encryption_is_declined_and_tls_follows() {
+    let proxy = Proxy::start();
+    let mut raw = Raw::plain(&proxy).await;
+    raw.send(&[0, 0, 0, 8, 4, 210, 22, 48]).await;
+    let mut answer = [0u8; 1];
+    use tokio::io::AsyncReadExt;
+    raw.io.read_exact(&mut answer).await.expect("answer");
+    assert_eq!(&answer, b"N");
+    // libpq then falls back to TLS: psql with gssencmode=prefer works.
+    proxy.add_user("alice", &["dba"]);
+    let out = crate::harness::psql(
+        &format!("{} gssencmode=disable", proxy.conninfo("alice", PASSWORD)),
+        &["-c", "select 1"],
+    );
+    assert!(out.status.success());
 }
 
 #[tokio::test]
@@ -189,16 +207,6 @@ async fn client_disconnecting_mid_copy_releases_the_backend() {
 fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())
-        .unwrap_or(0)
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
 

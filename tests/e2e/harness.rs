@@ -478,3 +478,14 @@ pub fn message(err: &tokio_postgres::Error) -> String {
         .map(|e| e.message().to_string())
         .unwrap_or_else(|| err.to_string())
 }
+
+/// Resident memory of a process, from /proc.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}

@@ -8,6 +8,7 @@ mod auth;
 mod bad_input;
 mod cancel;
 mod clients;
+mod demo;
 mod relay;
 mod sessions;
 mod upstream;

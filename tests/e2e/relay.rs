@@ -237,3 +237,25 @@ fn latin1_bytes_round_trip_unchanged() {
     );
     assert_eq!(out.stdout, b"caf\xe9 Z\xfcrich|4|2\n");
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_not_buffered_for() {
+    let proxy = proxy_with_alice().await;
+    let (mut raw, _) = Raw::login(&proxy, "alice", PASSWORD).await;
+    let before = crate::harness::rss_kib(proxy.pid());
+    // About 2 GB of rows, and the client never reads them.
+    raw.send(&query(
+        "select repeat('x', 1000) from generate_series(1, 2000000)",
+    ))
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = crate::harness::rss_kib(proxy.pid());
+    assert!(
+        during < before + 16 * 1024,
+        "pgward buffered for a stalled client: {before} KiB -> {during} KiB"
+    );
+    drop(raw);
+    crate::harness::eventually(Duration::from_secs(10), "the session to end", || {
+        proxy.metric("pgward_active_sessions") == 0.0
+    });
+}

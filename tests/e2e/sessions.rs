@@ -165,3 +165,25 @@ async fn metrics_and_health() {
     );
     assert!(proxy.metric("pgward_upstream_latency_seconds_count") >= 1.0);
 }
+
+#[tokio::test]
+async fn json_logs_never_contain_passwords() {
+    let proxy = Proxy::with(Setup::default().set("log.format", "json"));
+    proxy.add_user("alice", &["dba"]);
+    proxy.connect("alice", PASSWORD).await.expect("login");
+    let _ = proxy.connect("alice", "wrong-secret-123").await;
+    crate::harness::eventually(Duration::from_secs(5), "login failure logged", || {
+        proxy.log().contains("login failed")
+    });
+    let log = proxy.log();
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let event: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(event.get("timestamp").is_some(), "{line}");
+    }
+    assert!(!log.contains(PASSWORD) && !log.contains("wrong-secret-123"));
+    assert!(
+        !log.contains(&crate::harness::db().password),
+        "upstream secret not logged"
+    );
+}
