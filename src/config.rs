@@ -65,6 +65,11 @@ pub struct UpstreamConfig {
     pub ca_file: Option<PathBuf>,
     #[serde(default = "defaults::connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Send a role's password in the clear when the database asks for it
+    /// over a connection that is not `verify-full`. Off: such a request
+    /// could come from anyone between pgward and the database.
+    #[serde(default)]
+    pub allow_cleartext_password: bool,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -121,6 +126,8 @@ pub struct SessionConfig {
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
     pub max_connections: usize,
+    /// Connections from one address that may be in the login phase at once.
+    pub max_startups_per_ip: usize,
     /// Largest single protocol message accepted from a client.
     #[serde(deserialize_with = "byte_size")]
     pub max_message_size: usize,
@@ -134,6 +141,7 @@ impl Default for SessionConfig {
             startup_timeout: Duration::from_secs(15),
             shutdown_grace: Duration::from_secs(30),
             max_connections: 2000,
+            max_startups_per_ip: 64,
             max_message_size: 256 << 20,
         }
     }
@@ -249,6 +257,9 @@ impl Config {
         }
         if self.auth.hash_concurrency == 0 {
             return Err("auth.hash_concurrency must be at least 1".into());
+        }
+        if self.sessions.max_startups_per_ip == 0 {
+            return Err("sessions.max_startups_per_ip must be at least 1".into());
         }
         if self.sessions.max_connections == 0 {
             return Err("sessions.max_connections must be at least 1".into());

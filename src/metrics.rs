@@ -26,6 +26,7 @@ pub struct Metrics {
     pub bytes_from_clients: Counter,
     pub bytes_to_clients: Counter,
     pub cancel_requests: Counter,
+    pub startups_refused: Counter,
     pub upstream_latency: Histogram,
     pub upstream_connect: Histogram,
 }
@@ -48,6 +49,7 @@ impl Metrics {
             bytes_from_clients: Counter::default(),
             bytes_to_clients: Counter::default(),
             cancel_requests: Counter::default(),
+            startups_refused: Counter::default(),
             upstream_latency: Histogram::new(exponential_buckets(0.000_1, 2.0, 20)),
             upstream_connect: Histogram::new(exponential_buckets(0.000_5, 2.0, 16)),
         };
@@ -81,6 +83,11 @@ impl Metrics {
             "cancel_requests",
             "Cancel requests received",
             m.cancel_requests.clone(),
+        );
+        registry.register(
+            "startups_refused",
+            "Connections closed at once: too many logins in progress from their address",
+            m.startups_refused.clone(),
         );
         registry.register(
             "upstream_latency_seconds",

@@ -14,7 +14,7 @@ use super::identity::LoginName;
 use super::password::PasswordPool;
 use crate::error::{PgError, SqlState};
 use crate::policy::RoleName;
-use crate::store::{Store, StoreError};
+use crate::store::{LoginAttempt, Store, StoreError};
 
 /// A person who has proven who they are, and the role they act in.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -125,42 +125,48 @@ impl Authenticator {
         password: String,
     ) -> Result<Identity, LoginFailure> {
         let name = login.user.clone();
+        // A name that can never exist costs a decoy check like any unknown
+        // user, and never reaches the store (or the log) as given.
+        if crate::store::validate_user_name(&name).is_err() {
+            self.pool.verify(None, password).await;
+            return Err(LoginFailure::BadCredentials(sanitized(&name)));
+        }
         let now = SystemTime::now();
         let since = now
             .checked_sub(self.window)
             .unwrap_or(SystemTime::UNIX_EPOCH);
+        let max = self.max_failures;
 
         let n = name.clone();
-        let failures = self
-            .blocking(move |s| s.login_failures_since(&n, since))
+        let attempt = self
+            .blocking(move |s| s.begin_login_attempt(&n, now, since, max))
             .await?;
-        if failures >= self.max_failures {
-            return Err(LoginFailure::Locked {
-                user: name,
-                window: self.window,
-            });
-        }
+        let failures = match attempt {
+            LoginAttempt::Locked => {
+                return Err(LoginFailure::Locked {
+                    user: name,
+                    window: self.window,
+                })
+            }
+            LoginAttempt::Allowed { failures } => failures,
+        };
 
         let n = name.clone();
         let user = self.blocking(move |s| s.user(&n)).await?;
         let hash = user.as_ref().map(|u| u.password_hash.clone());
-        if !self.pool.verify(hash, password).await {
-            let n = name.clone();
-            let count = self
-                .blocking(move |s| s.record_login_failure(&n, now, since))
-                .await?;
-            if count >= self.max_failures {
+        let verified = self.pool.verify(hash, password).await;
+        let user = match user {
+            Some(user) if verified => user,
+            _ if failures >= max => {
                 return Err(LoginFailure::Locked {
                     user: name,
                     window: self.window,
-                });
+                })
             }
-            return Err(LoginFailure::BadCredentials(name));
-        }
-        let Some(user) = user else {
-            // verify() never succeeds without a real hash.
-            return Err(LoginFailure::BadCredentials(name));
+            _ => return Err(LoginFailure::BadCredentials(name)),
         };
+        let n = name.clone();
+        self.blocking(move |s| s.login_succeeded(&n, now)).await?;
         if user.disabled {
             return Err(LoginFailure::Disabled(name));
         }
@@ -178,15 +184,21 @@ impl Authenticator {
                 .cloned()
                 .ok_or_else(|| LoginFailure::NoRoles(name.clone()))?,
         };
-        let n = name.clone();
-        self.blocking(move |s| s.record_login_success(&n, now))
-            .await?;
         Ok(Identity {
             user: user.name,
             role,
             attrs: user.attrs,
         })
     }
+}
+
+/// A login name that failed validation, made safe to echo and log: at most
+/// 64 characters, control characters replaced.
+fn sanitized(name: &str) -> String {
+    name.chars()
+        .take(64)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }
 
 #[cfg(test)]
@@ -265,6 +277,44 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.to_pg_error().code, SqlState::INVALID_AUTHORIZATION);
         assert!(err.to_pg_error().message.contains("locked"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_guesses_cannot_overtake_the_lockout() {
+        let (auth, _) = setup(3);
+        let guesses: Vec<_> = (0..20)
+            .map(|i| {
+                let auth = auth.clone();
+                tokio::spawn(async move { auth.login(&name("alice"), format!("guess{i}")).await })
+            })
+            .collect();
+        let mut checked = 0;
+        for g in guesses {
+            if let Err(LoginFailure::BadCredentials(_)) = g.await.unwrap() {
+                checked += 1;
+            }
+        }
+        assert!(
+            checked <= 2,
+            "{checked} guesses were checked; the limit is 3 failures"
+        );
+        let err = auth
+            .login(&name("alice"), "right".into())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, LoginFailure::Locked { .. }));
+    }
+
+    #[tokio::test]
+    async fn names_that_cannot_exist_are_refused_like_unknown_users() {
+        let (auth, store) = setup(5);
+        let err = auth
+            .login(&name("evil\nname"), "x".into())
+            .await
+            .unwrap_err();
+        assert_eq!(err.to_pg_error().code, SqlState::INVALID_PASSWORD);
+        assert!(!err.to_pg_error().message.contains('\n'));
+        assert_eq!(store.users().unwrap().len(), 1);
     }
 
     #[tokio::test]

@@ -137,6 +137,10 @@ fn worker(rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
             rx.blocking_recv()
         };
         let Some(job) = job else { return };
+        if job.reply.is_closed() {
+            // The client timed out or left while queued: skip the work.
+            continue;
+        }
         let ok = verify_with_memory(&job.hash, &job.password, &mut memory);
         let _ = job.reply.send(ok);
     }

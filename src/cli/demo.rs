@@ -60,6 +60,8 @@ async fn load_sample_data(cluster: &Cluster) -> anyhow::Result<()> {
         port: cluster.port,
         tls: None,
         tls_required: false,
+        tls_verified: false,
+        allow_cleartext_password: false,
         connect_timeout: Duration::from_secs(10),
     };
     let creds = Credentials {

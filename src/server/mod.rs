@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::net::tls::{self, UpstreamTlsMode};
 use crate::policy::PolicySet;
+use crate::session::admission::StartupLimiter;
 use crate::session::{self, Context, Runtime};
 use crate::store::{SqliteStore, Store};
 use crate::upstream::Target;
@@ -46,6 +47,8 @@ pub fn load_runtime(config_path: &Path) -> anyhow::Result<Runtime> {
             up.tls,
             UpstreamTlsMode::Require | UpstreamTlsMode::VerifyFull
         ),
+        tls_verified: up.tls == UpstreamTlsMode::VerifyFull,
+        allow_cleartext_password: up.allow_cleartext_password,
         connect_timeout: up.connect_timeout,
     };
     Ok(Runtime {
@@ -115,6 +118,7 @@ pub async fn serve(
 
     let max = config.sessions.max_connections;
     let slots = Arc::new(Semaphore::new(max));
+    let startups = StartupLimiter::default();
     let mut stop = StopSignal::new(stop)?;
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     loop {
@@ -130,8 +134,14 @@ pub async fn serve(
                         continue;
                     }
                 };
+                let per_ip = ctx.runtime.load().config.sessions.max_startups_per_ip;
+                let Some(starting) = startups.try_start(peer.ip(), per_ip) else {
+                    metrics.startups_refused.inc();
+                    tracing::debug!(%peer, "too many logins in progress from this address; closed");
+                    continue;
+                };
                 let slot = Arc::clone(&slots).try_acquire_owned().ok();
-                tokio::spawn(session::run(Arc::clone(&ctx), tcp, peer, slot));
+                tokio::spawn(session::run(Arc::clone(&ctx), tcp, peer, slot, starting));
             }
             _ = hangup.recv() => reload(&ctx, &config_path),
             _ = stop.wait() => break,

@@ -100,6 +100,8 @@ mod tests {
                 port: 5432,
                 tls: None,
                 tls_required: false,
+                tls_verified: false,
+                allow_cleartext_password: false,
                 connect_timeout: Duration::from_secs(1),
             },
             process_id: 4242,

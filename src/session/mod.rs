@@ -5,7 +5,9 @@
 //! database connection as that role's account, hand the client its own
 //! cancel key, then relay until one side ends it.
 
+pub mod admission;
 pub mod cancel;
+pub mod pipeline;
 pub mod relay;
 pub mod startup;
 
@@ -95,6 +97,7 @@ pub async fn run(
     tcp: TcpStream,
     peer: SocketAddr,
     slot: Option<OwnedSemaphorePermit>,
+    starting: admission::StartupGuard,
 ) {
     let id = ctx.next_id.fetch_add(1, Ordering::Relaxed);
     let span = tracing::info_span!("session", id, %peer);
@@ -107,6 +110,7 @@ pub async fn run(
         let startup_timeout = rt.config.sessions.startup_timeout;
         let opened =
             tokio::time::timeout(startup_timeout, open(&ctx, &rt, tcp, peer, slot.is_some())).await;
+        drop(starting);
         let opened = match opened {
             Ok(Some(opened)) => opened,
             Ok(None) => return,
@@ -237,10 +241,13 @@ fn upstream_params(
         params.push(("options".to_string(), options.clone()));
     }
     for (k, v) in &msg.params {
+        // PostgreSQL matches setting names case-insensitively:
+        // `Application_Name` must not override the tag.
+        let key = k.to_ascii_lowercase();
         let skip = matches!(
-            k.as_str(),
+            key.as_str(),
             "user" | "database" | "application_name" | "options" | "replication"
-        ) || k.starts_with("_pq_.");
+        ) || key.starts_with("_pq_.");
         if !skip {
             params.push((k.clone(), v.clone()));
         }

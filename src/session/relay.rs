@@ -13,8 +13,8 @@
 //! message) that future writes it at a message boundary, so a client never
 //! sees a FATAL spliced into the middle of a row.
 
-use std::collections::VecDeque;
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,6 +28,7 @@ use crate::metrics::Metrics;
 use crate::net::backend::{error_response, ErrorFields};
 use crate::net::frame::{Header, HEADER_LEN};
 use crate::net::stream::Stream;
+use crate::session::pipeline::Pipeline;
 
 /// Frames larger than this, of a streamable type, are forwarded in pieces.
 pub const STREAM_THRESHOLD: usize = 64 * 1024;
@@ -37,6 +38,12 @@ const READ_CHUNK: usize = 16 * 1024;
 /// How long a stopping session waits for the database's current message to
 /// reach the client before closing without a FATAL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How long such a stop waits for answers still in flight before the FATAL
+/// is written anyway (at a message boundary).
+const STOP_WAIT: Duration = Duration::from_secs(1);
+/// Upper bound for each step of closing a session (FATAL, Terminate, TLS
+/// close): a peer that stopped reading must not keep a session alive.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Limits for one session.
 #[derive(Clone, Debug)]
@@ -129,6 +136,9 @@ impl SessionEnd {
 struct Scanner {
     /// Bytes of a streamed frame that have not arrived yet.
     remaining: usize,
+    /// A frame over the limit was found; reported once the frames before it
+    /// have been forwarded.
+    too_large: Option<usize>,
 }
 
 enum ScanError {
@@ -151,8 +161,9 @@ impl Scanner {
         self.remaining == 0
     }
 
-    /// `visit` sees each complete frame (header included) and returns false to
-    /// stop before it.
+    /// `visit` sees each frame (header included) and returns false to stop
+    /// before it. A frame that will be streamed is visited with the part that
+    /// has arrived.
     fn scan(
         &mut self,
         buf: &[u8],
@@ -160,6 +171,9 @@ impl Scanner {
         streamable: impl Fn(u8) -> bool,
         mut visit: impl FnMut(u8, &[u8]) -> bool,
     ) -> Result<Scan, ScanError> {
+        if let Some(size) = self.too_large {
+            return Err(ScanError::TooLarge(size));
+        }
         let mut pos = self.remaining.min(buf.len());
         self.remaining -= pos;
         let mut scan = Scan {
@@ -173,10 +187,19 @@ impl Scanner {
         }
         while let Some(header) = Header::parse(&buf[pos..]) {
             if !header.is_valid() {
+                if pos > 0 {
+                    break;
+                }
                 return Err(ScanError::InvalidLength(header.len));
             }
             let total = header.total_len();
             if total > limit {
+                if pos > 0 {
+                    // Forward what precedes it first (a pipelined COMMIT,
+                    // say); the error comes with the next scan.
+                    self.too_large = Some(total);
+                    break;
+                }
                 return Err(ScanError::TooLarge(total));
             }
             let available = buf.len() - pos;
@@ -187,6 +210,10 @@ impl Scanner {
                 }
                 pos += total;
             } else if total > STREAM_THRESHOLD && streamable(header.tag) {
+                if !visit(header.tag, &buf[pos..]) {
+                    scan.stopped = true;
+                    break;
+                }
                 self.remaining = total - available;
                 pos = buf.len();
                 break;
@@ -202,19 +229,20 @@ impl Scanner {
 
 /// State both directions share.
 struct Shared {
-    /// Send times of Query/Sync/FunctionCall messages still waiting for their
-    /// ReadyForQuery; empty means the session is idle.
-    inflight: Mutex<VecDeque<Instant>>,
-    /// Signalled when the last in-flight request completes, so the client
-    /// side can start its idle timer.
+    pipeline: Mutex<Pipeline>,
+    /// Signalled when the pipeline becomes idle, so the client side can start
+    /// its idle timer (or finish a half-closed session).
     went_idle: Notify,
     stop: Notify,
     stop_reason: Mutex<Option<SessionEnd>>,
+    /// The client→database direction is between messages, so a Terminate
+    /// may be appended.
+    upstream_at_boundary: AtomicBool,
 }
 
 impl Shared {
-    fn inflight(&self) -> std::sync::MutexGuard<'_, VecDeque<Instant>> {
-        self.inflight.lock().unwrap_or_else(|e| e.into_inner())
+    fn pipeline(&self) -> std::sync::MutexGuard<'_, Pipeline> {
+        self.pipeline.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn request_stop(&self, reason: SessionEnd) {
@@ -249,10 +277,13 @@ async fn write_chunk<W: AsyncWrite + Unpin>(
 
 async fn write_fatal<W: AsyncWrite + Unpin>(w: &mut W, err: &PgError) {
     let msg = error_response(err);
-    // The session is ending either way; a client that is already gone simply
-    // does not get the message.
-    let _ = w.write_all(&msg).await;
-    let _ = w.flush().await;
+    // The session is ending either way; a client that is gone or not reading
+    // simply does not get the message.
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        w.write_all(&msg).await?;
+        w.flush().await
+    })
+    .await;
 }
 
 /// Relays until either side ends the session. `client_buf` and
@@ -269,10 +300,11 @@ pub async fn relay(
     let (mut client_r, mut client_w) = split(client);
     let (mut upstream_r, mut upstream_w) = split(upstream);
     let shared = Shared {
-        inflight: Mutex::new(VecDeque::new()),
+        pipeline: Mutex::new(Pipeline::default()),
         went_idle: Notify::new(),
         stop: Notify::new(),
         stop_reason: Mutex::new(None),
+        upstream_at_boundary: AtomicBool::new(true),
     };
     let end = {
         let c2u = client_to_upstream(
@@ -309,13 +341,17 @@ pub async fn relay(
             end = &mut u2c => end,
         }
     };
-    if !matches!(end, SessionEnd::UpstreamClosed | SessionEnd::UpstreamIo(_)) {
-        // Terminate, so the database logs an orderly disconnection.
-        let _ = upstream_w.write_all(b"X\0\0\0\x04").await;
-        let _ = upstream_w.flush().await;
-    }
-    let _ = upstream_w.shutdown().await;
-    let _ = client_w.shutdown().await;
+    let upstream_gone = matches!(end, SessionEnd::UpstreamClosed | SessionEnd::UpstreamIo(_));
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        if !upstream_gone && shared.upstream_at_boundary.load(Ordering::Acquire) {
+            // Terminate, so the database logs an orderly disconnection.
+            let _ = upstream_w.write_all(b"X\0\0\0\x04").await;
+            let _ = upstream_w.flush().await;
+        }
+        let _ = upstream_w.shutdown().await;
+    })
+    .await;
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, client_w.shutdown()).await;
     if matches!(
         end,
         SessionEnd::MessageTooLarge { .. } | SessionEnd::ProtocolViolation(_)
@@ -332,7 +368,7 @@ async fn linger(client: &mut ReadHalf<Stream>) {
     const LINGER_BYTES: usize = 8 << 20;
     let mut sink = vec![0u8; 16 * 1024];
     let mut drained = 0;
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
         while drained < LINGER_BYTES {
             match client.read(&mut sink).await {
                 Ok(0) | Err(_) => break,
@@ -354,20 +390,20 @@ async fn client_to_upstream(
     let mut scanner = Scanner::default();
     loop {
         let mut statements = 0u64;
+        let now = Instant::now().into_std();
         let scan = scanner.scan(
             &buf,
             limits.max_message_size,
             |tag| tag == b'd',
             |tag, _frame| {
-                match tag {
-                    b'X' => return false,
-                    b'Q' => {
-                        statements += 1;
-                        shared.inflight().push_back(Instant::now());
-                    }
-                    b'S' | b'F' => shared.inflight().push_back(Instant::now()),
-                    b'E' => statements += 1,
-                    _ => {}
+                if tag == b'X' {
+                    return false;
+                }
+                if matches!(tag, b'Q' | b'E') {
+                    statements += 1;
+                }
+                if matches!(tag, b'Q' | b'F' | b'E' | b'S' | b'c' | b'f') {
+                    shared.pipeline().client_sent(tag, now);
                 }
                 true
             },
@@ -389,34 +425,43 @@ async fn client_to_upstream(
         }
         if scan.forward > 0 {
             metrics.bytes_from_clients.inc_by(scan.forward as u64);
+            shared.upstream_at_boundary.store(false, Ordering::Release);
             if let Err(e) = write_chunk(upstream, &mut buf, scan.forward).await {
                 return SessionEnd::UpstreamIo(e);
             }
+            shared
+                .upstream_at_boundary
+                .store(scanner.at_boundary(), Ordering::Release);
         }
         if scan.stopped {
             return SessionEnd::ClientTerminated;
         }
         ensure_capacity(&mut buf, scan.needs);
-        let idle = limits
-            .idle_timeout
-            .filter(|_| scanner.at_boundary() && shared.inflight().is_empty());
-        let read = match idle {
-            Some(timeout) => match tokio::time::timeout(timeout, client.read_buf(&mut buf)).await {
-                Ok(read) => read,
-                Err(_) => return SessionEnd::IdleTimeout(timeout),
-            },
-            None if limits.idle_timeout.is_some() => {
-                // Busy: wait for data, or for the session to become idle
-                // and start the idle timer. read_buf is cancel-safe.
-                tokio::select! {
-                    read = client.read_buf(&mut buf) => read,
-                    _ = shared.went_idle.notified() => continue,
+        let idle = scanner.at_boundary() && shared.pipeline().is_idle();
+        let read = match limits.idle_timeout {
+            Some(timeout) if idle => {
+                match tokio::time::timeout(timeout, client.read_buf(&mut buf)).await {
+                    Ok(read) => read,
+                    Err(_) => return SessionEnd::IdleTimeout(timeout),
                 }
             }
+            // Busy: wait for data, or for the session to become idle and
+            // start the idle timer. read_buf is cancel-safe.
+            Some(_) => tokio::select! {
+                read = client.read_buf(&mut buf) => read,
+                _ = shared.went_idle.notified() => continue,
+            },
             None => client.read_buf(&mut buf).await,
         };
         match read {
-            Ok(0) => return SessionEnd::ClientClosed,
+            Ok(0) => {
+                // A client may send its last requests and close its side:
+                // PostgreSQL answers them before it notices, and so do we.
+                while !shared.pipeline().is_idle() {
+                    shared.went_idle.notified().await;
+                }
+                return SessionEnd::ClientClosed;
+            }
             Ok(_) => {}
             Err(e) => return SessionEnd::ClientIo(e),
         }
@@ -441,29 +486,26 @@ async fn upstream_to_client(
         }
     };
     tokio::pin!(lifetime);
-    let mut shutdown_open = true;
+    let mut stopping_since: Option<Instant> = None;
+    let lifetime_end = || SessionEnd::LifetimeExceeded(limits.max_lifetime.unwrap_or_default());
     loop {
         let scan = scanner.scan(
             &buf,
             UPSTREAM_MAX_MESSAGE,
-            |tag| tag == b'D' || tag == b'd',
+            // Only the tiny messages pgward tracks are read whole.
+            |tag| !matches!(tag, b'Z' | b'G'),
             |tag, frame| {
-                match tag {
-                    b'Z' => {
-                        let mut inflight = shared.inflight();
-                        if let Some(sent) = inflight.pop_front() {
-                            metrics
-                                .upstream_latency
-                                .observe(sent.elapsed().as_secs_f64());
-                            if inflight.is_empty() {
-                                shared.went_idle.notify_one();
-                            }
-                        }
+                if tag == b'E' && ErrorFields::parse(&frame[HEADER_LEN..]).is_fatal() {
+                    saw_fatal = true;
+                }
+                if matches!(tag, b'Z' | b'G' | b'E') {
+                    let mut pipeline = shared.pipeline();
+                    if let Some(rtt) = pipeline.server_sent(tag) {
+                        metrics.upstream_latency.observe(rtt.as_secs_f64());
                     }
-                    b'E' if ErrorFields::parse(&frame[HEADER_LEN..]).is_fatal() => {
-                        saw_fatal = true;
+                    if pipeline.is_idle() {
+                        shared.went_idle.notify_one();
                     }
-                    _ => {}
                 }
                 true
             },
@@ -483,31 +525,40 @@ async fn upstream_to_client(
         };
         if scan.forward > 0 {
             metrics.bytes_to_clients.inc_by(scan.forward as u64);
-            if let Err(e) = write_chunk(client, &mut buf, scan.forward).await {
-                return SessionEnd::ClientIo(e);
+            // A client that stops reading must not outlive its lifetime or
+            // a shutdown: race the write against both (no FATAL then, as we
+            // may be mid-message).
+            tokio::select! {
+                written = write_chunk(client, &mut buf, scan.forward) => {
+                    if let Err(e) = written {
+                        return SessionEnd::ClientIo(e);
+                    }
+                }
+                _ = &mut lifetime => return lifetime_end(),
+                _ = shutdown_requested(&mut shutdown) => return SessionEnd::Shutdown,
             }
         }
         ensure_capacity(&mut buf, scan.needs);
         let at_boundary = scanner.at_boundary();
+        // A stop the client caused (oversized message, idle timeout) lets
+        // the answers to what was forwarded before it arrive first.
+        let stop_now = stopping_since.is_some_and(|t: Instant| t.elapsed() >= STOP_WAIT);
+        if stopping_since.is_some() && at_boundary && (stop_now || shared.pipeline().is_idle()) {
+            let stop = shared.take_stop_reason().unwrap_or(SessionEnd::Shutdown);
+            if let Some(err) = stop.fatal() {
+                write_fatal(client, &err).await;
+            }
+            return stop;
+        }
         let stop = tokio::select! {
             biased;
-            _ = shared.stop.notified(), if at_boundary => {
-                shared.take_stop_reason().unwrap_or(SessionEnd::Shutdown)
+            _ = shared.stop.notified(), if stopping_since.is_none() => {
+                stopping_since = Some(Instant::now());
+                continue;
             }
-            changed = shutdown.changed(), if at_boundary && shutdown_open => {
-                if changed.is_err() {
-                    // The server is gone without asking sessions to stop.
-                    shutdown_open = false;
-                    continue;
-                }
-                if !*shutdown.borrow() {
-                    continue;
-                }
-                SessionEnd::Shutdown
-            }
-            _ = &mut lifetime, if at_boundary => {
-                SessionEnd::LifetimeExceeded(limits.max_lifetime.unwrap_or_default())
-            }
+            _ = tokio::time::sleep(STOP_WAIT), if stopping_since.is_some() => continue,
+            _ = shutdown_requested(&mut shutdown), if at_boundary => SessionEnd::Shutdown,
+            _ = &mut lifetime, if at_boundary => lifetime_end(),
             read = upstream.read_buf(&mut buf) => match read {
                 Ok(0) | Err(_) if saw_fatal => return SessionEnd::UpstreamClosed,
                 Ok(0) => SessionEnd::UpstreamClosed,
@@ -521,6 +572,18 @@ async fn upstream_to_client(
             }
         }
         return stop;
+    }
+}
+
+/// Resolves once shutdown is requested; never, if the sender is gone.
+async fn shutdown_requested(shutdown: &mut watch::Receiver<bool>) {
+    loop {
+        if *shutdown.borrow_and_update() {
+            return;
+        }
+        if shutdown.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 }
 

@@ -36,7 +36,29 @@ pub async fn negotiate(
     tls: Arc<rustls::ServerConfig>,
     allow_plaintext_loopback: bool,
 ) -> Opening {
-    let mut stream = Stream::Plain(tcp);
+    // PostgreSQL 17 clients may skip the SSLRequest and open with a TLS
+    // ClientHello right away (`sslnegotiation=direct`); a handshake record
+    // starts with 0x16, which no startup packet length can.
+    let mut first = [0u8; 1];
+    let direct_tls = matches!(tcp.peek(&mut first).await, Ok(1) if first[0] == 0x16);
+    let mut stream = if direct_tls {
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&tls));
+        match acceptor.accept(tcp).await {
+            Ok(tls) if tls.get_ref().1.alpn_protocol() == Some(b"postgresql") => {
+                Stream::ServerTls(Box::new(tls))
+            }
+            Ok(_) => {
+                tracing::info!(%peer, "direct TLS without ALPN \"postgresql\" refused");
+                return Opening::Gone;
+            }
+            Err(e) => {
+                tracing::info!(%peer, error = %e, "TLS handshake failed");
+                return Opening::Gone;
+            }
+        }
+    } else {
+        Stream::Plain(tcp)
+    };
     let mut gss_answered = false;
     loop {
         let packet = match read_packet(&mut stream).await {

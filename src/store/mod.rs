@@ -44,6 +44,16 @@ pub struct UserRecord {
     pub last_login: Option<SystemTime>,
 }
 
+/// The answer to [`Store::begin_login_attempt`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoginAttempt {
+    /// Go ahead; `failures` counts this attempt as failed until it succeeds.
+    Allowed {
+        failures: u32,
+    },
+    Locked,
+}
+
 /// What `user add` needs.
 #[derive(Clone, Debug)]
 pub struct NewUser {
@@ -63,25 +73,33 @@ pub trait Store: Send + Sync + 'static {
     /// Sets (`Some`) or removes (`None`) an attribute.
     fn set_attr(&self, name: &str, key: &str, value: Option<&str>) -> Result<(), StoreError>;
 
-    /// Records a failed login for a name (known or not) and returns how many
-    /// failures that name has since `since`.
-    fn record_login_failure(
+    /// Starts a login attempt for a name (known or not). Atomically: if the
+    /// name has `max_failures` or more failures since `since`, the attempt
+    /// is refused; otherwise a failure is recorded *before* the password is
+    /// checked, so concurrent guesses cannot overtake the lockout. A
+    /// successful login removes it again with [`Store::login_succeeded`].
+    fn begin_login_attempt(
         &self,
         name: &str,
         at: SystemTime,
         since: SystemTime,
-    ) -> Result<u32, StoreError>;
-    fn login_failures_since(&self, name: &str, since: SystemTime) -> Result<u32, StoreError>;
-    /// Clears failures after a successful login and notes its time.
-    fn record_login_success(&self, name: &str, at: SystemTime) -> Result<(), StoreError>;
+        max_failures: u32,
+    ) -> Result<LoginAttempt, StoreError>;
+    /// Clears the name's failures (the provisional one included) and notes
+    /// the time of the login.
+    fn login_succeeded(&self, name: &str, at: SystemTime) -> Result<(), StoreError>;
 }
+
+/// Longest user name: `pgward:` plus the name must fit PostgreSQL's 63-byte
+/// `application_name`, so the database's logs always show the whole name.
+pub const MAX_USER_NAME: usize = 48;
 
 /// User names are what people type into psql and BI tools; keeping them to a
 /// conservative alphabet means they never need quoting and `+` can separate
 /// the role.
 pub fn validate_user_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
-        && name.len() <= 63
+        && name.len() <= MAX_USER_NAME
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '@'));
@@ -89,7 +107,7 @@ pub fn validate_user_name(name: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "invalid user name {name:?}: use 1-63 letters, digits, '_', '.', '-' or '@'"
+            "invalid user name {name:?}: use 1-{MAX_USER_NAME} letters, digits, '_', '.', '-' or '@'"
         ))
     }
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::migrations::MIGRATIONS;
-use super::{NewUser, Store, StoreError, UserRecord};
+use super::{LoginAttempt, NewUser, Store, StoreError, UserRecord};
 use crate::policy::RoleName;
 
 pub struct SqliteStore {
@@ -221,43 +221,43 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn record_login_failure(
+    fn begin_login_attempt(
         &self,
         name: &str,
         at: SystemTime,
         since: SystemTime,
-    ) -> Result<u32, StoreError> {
+        max_failures: u32,
+    ) -> Result<LoginAttempt, StoreError> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        // Old failures no longer count; dropping them keeps the table small
-        // even when someone sprays made-up names.
+        // IMMEDIATE: take the write lock before counting, so two pgward
+        // instances sharing the file cannot both see "one below the limit".
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        // Failures outside the window no longer count, for any name; dropping
+        // them keeps the table small even when someone sprays made-up names.
         tx.execute(
-            "DELETE FROM login_failures WHERE name = ?1 AND at < ?2",
-            params![name, micros(since)],
+            "DELETE FROM login_failures WHERE at < ?1",
+            params![micros(since)],
         )?;
+        let count: i64 = tx.query_row(
+            "SELECT count(*) FROM login_failures WHERE name = ?1",
+            params![name],
+            |r| r.get(0),
+        )?;
+        if count >= i64::from(max_failures) {
+            tx.commit()?;
+            return Ok(LoginAttempt::Locked);
+        }
         tx.execute(
             "INSERT INTO login_failures (name, at) VALUES (?1, ?2)",
             params![name, micros(at)],
         )?;
-        let count: i64 = tx.query_row(
-            "SELECT count(*) FROM login_failures WHERE name = ?1 AND at >= ?2",
-            params![name, micros(since)],
-            |r| r.get(0),
-        )?;
         tx.commit()?;
-        Ok(count as u32)
+        Ok(LoginAttempt::Allowed {
+            failures: count as u32 + 1,
+        })
     }
 
-    fn login_failures_since(&self, name: &str, since: SystemTime) -> Result<u32, StoreError> {
-        let count: i64 = self.conn().query_row(
-            "SELECT count(*) FROM login_failures WHERE name = ?1 AND at >= ?2",
-            params![name, micros(since)],
-            |r| r.get(0),
-        )?;
-        Ok(count as u32)
-    }
-
-    fn record_login_success(&self, name: &str, at: SystemTime) -> Result<(), StoreError> {
+    fn login_succeeded(&self, name: &str, at: SystemTime) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         tx.execute("DELETE FROM login_failures WHERE name = ?1", [name])?;
@@ -320,32 +320,56 @@ mod tests {
     }
 
     #[test]
-    fn failures_count_within_window_and_clear_on_success() {
+    fn attempts_count_within_window_and_clear_on_success() {
         let store = SqliteStore::in_memory().unwrap();
         store.add_user(&alice()).unwrap();
         let t0 = UNIX_EPOCH + Duration::from_secs(1_000_000);
         let window = Duration::from_secs(900);
+        let attempt = |at: SystemTime| store.begin_login_attempt("alice", at, at - window, 3);
         for i in 0..3 {
             let at = t0 + Duration::from_secs(i);
             assert_eq!(
-                store
-                    .record_login_failure("alice", at, at - window)
-                    .unwrap(),
-                i as u32 + 1
+                attempt(at).unwrap(),
+                LoginAttempt::Allowed {
+                    failures: i as u32 + 1
+                }
             );
         }
-        let later = t0 + Duration::from_secs(2000);
+        // Three attempts in flight or failed: the fourth is refused before
+        // any password is checked.
         assert_eq!(
-            store.login_failures_since("alice", later - window).unwrap(),
-            0
+            attempt(t0 + Duration::from_secs(5)).unwrap(),
+            LoginAttempt::Locked
         );
-        assert_eq!(store.login_failures_since("alice", t0).unwrap(), 3);
-        store.record_login_success("alice", later).unwrap();
-        assert_eq!(store.login_failures_since("alice", t0).unwrap(), 0);
+        // After the window, the name may try again.
+        let later = t0 + Duration::from_secs(2000);
+        assert!(matches!(
+            attempt(later).unwrap(),
+            LoginAttempt::Allowed { failures: 1 }
+        ));
+        store.login_succeeded("alice", later).unwrap();
+        assert!(matches!(
+            attempt(later).unwrap(),
+            LoginAttempt::Allowed { failures: 1 }
+        ));
         assert_eq!(
             store.user("alice").unwrap().unwrap().last_login,
             Some(later)
         );
+        // Old failures of other names are pruned too.
+        store
+            .begin_login_attempt("ghost", t0, t0 - window, 3)
+            .unwrap();
+        attempt(later).unwrap();
+        let count: i64 = store
+            .conn()
+            .query_row(
+                "SELECT count(*) FROM login_failures WHERE name = 'ghost'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(count, 0, "pruned by the later attempt of another name");
     }
 
     #[test]

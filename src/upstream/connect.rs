@@ -26,6 +26,11 @@ pub struct Target {
     pub tls: Option<Arc<ClientConfig>>,
     /// Refuse to continue if the server does not offer TLS.
     pub tls_required: bool,
+    /// The TLS settings verify the server's certificate and name
+    /// (`verify-full`), so a password may be sent to it in the clear.
+    pub tls_verified: bool,
+    /// Send a cleartext password even over an unverified connection.
+    pub allow_cleartext_password: bool,
     pub connect_timeout: Duration,
 }
 
@@ -65,6 +70,12 @@ pub enum UpstreamError {
     Timeout { addr: String },
     #[error("the database at {addr} does not offer TLS, which the configuration requires")]
     TlsRefused { addr: String },
+    #[error(
+        "the database asked for a cleartext password over a connection whose certificate is not \
+         verified; refusing to send it (use upstream.tls: verify-full, or set \
+         upstream.allow_cleartext_password)"
+    )]
+    CleartextRefused,
     #[error("TLS with the database failed: {0}")]
     Tls(io::Error),
     #[error("the database refused the connection: {0}")]
@@ -92,17 +103,21 @@ impl From<FrameError> for UpstreamError {
 }
 
 impl UpstreamError {
-    /// What a client is told when its session cannot be opened. Credentials
-    /// and internal addresses stay out of the message; operators find them in
-    /// pgward's log.
+    /// What a client is told when its session cannot be opened. Addresses,
+    /// account names and the database's own authentication messages stay
+    /// out of it; operators find them in pgward's log.
     pub fn to_pg_error(&self, role: &str) -> PgError {
+        let reason = match self {
+            UpstreamError::Unreachable { source, .. } => source.kind().to_string(),
+            UpstreamError::Timeout { .. } => "timed out".to_string(),
+            UpstreamError::TlsRefused { .. } => "the database does not offer TLS".to_string(),
+            UpstreamError::Tls(_) => "TLS with the database failed".to_string(),
+            _ => String::new(),
+        };
         match self {
             UpstreamError::Rejected(fields) if fields.class() == "28" => PgError::fatal(
                 SqlState::CONNECTION_REJECTED,
-                format!(
-                    "pgward: the database rejected the account of role \"{role}\": {}",
-                    fields.message
-                ),
+                format!("pgward: the database rejected the account of role \"{role}\""),
             )
             .with_hint("ask an administrator to check the role's upstream account"),
             UpstreamError::Rejected(fields) => {
@@ -113,15 +128,17 @@ impl UpstreamError {
             | UpstreamError::TlsRefused { .. }
             | UpstreamError::Tls(_) => PgError::fatal(
                 SqlState::CANNOT_CONNECT,
-                format!("pgward: cannot connect to the database for role \"{role}\": {self}"),
+                format!("pgward: cannot connect to the database for role \"{role}\": {reason}"),
             ),
-            UpstreamError::AuthUnsupported(_) | UpstreamError::NoPassword => PgError::fatal(
+            UpstreamError::AuthUnsupported(_)
+            | UpstreamError::NoPassword
+            | UpstreamError::CleartextRefused => PgError::fatal(
                 SqlState::CONNECTION_REJECTED,
                 format!("pgward: cannot log in to the database for role \"{role}\": {self}"),
             ),
             UpstreamError::Protocol(_) | UpstreamError::Io(_) => PgError::fatal(
                 SqlState::CONNECTION_FAILURE,
-                format!("pgward: connection to the database failed for role \"{role}\": {self}"),
+                format!("pgward: connection to the database failed for role \"{role}\""),
             ),
         }
     }
@@ -193,8 +210,14 @@ async fn connect_inner(
     creds: Credentials<'_>,
     params: &[(String, String)],
 ) -> Result<Connected, UpstreamError> {
-    let tcp = tcp(target).await?;
-    let mut stream = secure(target, tcp).await?;
+    let mut stream = match secure(target, tcp(target).await?).await {
+        // `prefer`, like libpq: a failed handshake is retried without TLS.
+        Err(UpstreamError::Tls(e)) if !target.tls_required => {
+            tracing::debug!(error = %e, "TLS to the database failed; retrying without (prefer)");
+            Stream::Plain(tcp(target).await?)
+        }
+        other => other?,
+    };
 
     let mut buf = BytesMut::new();
     let startup = std::iter::once(("user", creds.user))
@@ -203,7 +226,8 @@ async fn connect_inner(
     stream.write_all(&buf).await?;
 
     let mut reader = FrameReader::new();
-    authenticate(&mut stream, &mut reader, creds).await?;
+    let cleartext_ok = target.allow_cleartext_password || (stream.is_tls() && target.tls_verified);
+    authenticate(&mut stream, &mut reader, creds, cleartext_ok).await?;
 
     let mut startup_frames = Vec::new();
     let mut key = (0, 0);
@@ -275,12 +299,18 @@ async fn authenticate(
     stream: &mut Stream,
     reader: &mut FrameReader,
     creds: Credentials<'_>,
+    cleartext_ok: bool,
 ) -> Result<(), UpstreamError> {
     let frame = expect_auth(stream, reader).await?;
     let mut out = BytesMut::new();
     match auth_code(&frame)? {
         0 => return Ok(()),
         3 => {
+            // Anyone between pgward and an unverified server can ask for the
+            // password in the clear and keep it.
+            if !cleartext_ok {
+                return Err(UpstreamError::CleartextRefused);
+            }
             let password = creds.password.ok_or(UpstreamError::NoPassword)?;
             frontend::password_message(password.as_bytes(), &mut out)?;
         }

@@ -212,7 +212,9 @@ fn fd_count(pid: u32) -> usize {
 
 #[tokio::test]
 async fn a_thousand_connections_dropped_without_startup_leak_nothing() {
-    let proxy = Proxy::start();
+    // All from one address: lift the per-address login cap, which would
+    // otherwise (rightly) close most of them before they count.
+    let proxy = Proxy::with(Setup::default().set("sessions.max_startups_per_ip", "5000"));
     // Warm up allocator and runtime threads before taking the baseline.
     for _ in 0..50 {
         drop(tokio::net::TcpStream::connect(("127.0.0.1", proxy.port)).await);
@@ -229,10 +231,12 @@ async fn a_thousand_connections_dropped_without_startup_leak_nothing() {
             .expect("connect");
         drop(s);
     }
+    eventually(Duration::from_secs(10), "all connections to be accepted", || {
+        proxy.metric("pgward_connections_total") >= 1050.0
+    });
     eventually(Duration::from_secs(10), "all sessions to end", || {
         proxy.metric("pgward_active_sessions") == 0.0
     });
-    assert!(proxy.metric("pgward_connections_total") >= 1050.0);
     eventually(Duration::from_secs(5), "file descriptors to return", || {
         fd_count(pid) <= fds_before + 2
     });
@@ -247,4 +251,75 @@ async fn a_thousand_connections_dropped_without_startup_leak_nothing() {
         .await;
     let (tag, _) = raw.read().await.expect("auth request");
     assert_eq!(tag, b'R');
+}
+
+#[tokio::test]
+async fn postgres_17_direct_tls_needs_alpn() {
+    let proxy = Proxy::start();
+    let mut raw = Raw::direct_tls(&proxy, true)
+        .await
+        .expect("direct TLS handshake");
+    raw.send(&startup_packet(3 << 16, &[("user", "alice")]))
+        .await;
+    let (tag, body) = raw.read().await.expect("auth request");
+    assert_eq!((tag, &body[..]), (b'R', &[0, 0, 0, 3][..]));
+    // Without ALPN the connection is not accepted.
+    if let Some(mut raw) = Raw::direct_tls(&proxy, false).await {
+        raw.send(&startup_packet(3 << 16, &[("user", "alice")]))
+            .await;
+        assert!(raw.read().await.is_none());
+    }
+}
+
+#[tokio::test]
+async fn messages_before_an_oversized_one_are_still_delivered() {
+    let proxy = Proxy::with(Setup::default().set("sessions.max_message_size", "64KiB"));
+    proxy.add_user("alice", &["dba"]);
+    let db = crate::harness::db();
+    db.sql("clinic", "CREATE TABLE IF NOT EXISTS before_big (n int)");
+    let (mut raw, _) = Raw::login(&proxy, "alice", PASSWORD).await;
+    let mut wire = query("insert into before_big values (99)");
+    wire.extend(query(&format!("select '{}'", "x".repeat(100 * 1024))));
+    raw.send(&wire).await;
+    let frames = raw.until_ready().await;
+    assert!(
+        frames
+            .iter()
+            .any(|(t, b)| *t == b'C' && b.starts_with(b"INSERT 0 1")),
+        "{frames:?}"
+    );
+    let err = raw.expect_fatal().await;
+    assert_eq!(err.code, "54000");
+    assert_eq!(
+        db.sql("clinic", "select count(*) from before_big where n = 99"),
+        "1"
+    );
+}
+
+#[tokio::test]
+async fn logins_in_progress_are_capped_per_address() {
+    let proxy = Proxy::with(Setup::default().set("sessions.max_startups_per_ip", "3"));
+    // The harness's readiness probe must be gone, or it holds one of the three.
+    eventually(Duration::from_secs(10), "the probe to finish", || {
+        proxy.metric("pgward_active_sessions") == 0.0
+    });
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(Raw::plain(&proxy).await);
+    }
+    // Three, plus the harness's readiness probe.
+    let accepted = || proxy.metric("pgward_connections_total");
+    eventually(Duration::from_secs(10), "the three to be accepted", || {
+        accepted() == 4.0
+    });
+    let mut extra = Raw::plain(&proxy).await;
+    assert!(
+        extra.closed_within(Duration::from_secs(2)).await,
+        "a fourth login from the same address is closed at once"
+    );
+    assert_eq!(proxy.metric("pgward_startups_refused_total"), 1.0);
+    drop(silent);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.add_user("alice", &["dba"]);
+    proxy.connect("alice", PASSWORD).await.expect("room again");
 }

@@ -49,6 +49,7 @@ pub fn db() -> &'static Db {
             hba: vec![
                 "host all trust_user 127.0.0.1/32 trust".into(),
                 "host all md5_user 127.0.0.1/32 md5".into(),
+                "host all clear_user 127.0.0.1/32 password".into(),
             ],
             settings: vec![],
         };
@@ -57,6 +58,7 @@ pub fn db() -> &'static Db {
              CREATE ROLE md5_user LOGIN PASSWORD 'md5-secret';
              RESET password_encryption;
              CREATE ROLE trust_user LOGIN;
+             CREATE ROLE clear_user LOGIN PASSWORD 'clear-secret';
              CREATE DATABASE clinic;
              CREATE DATABASE other;";
         psql_ok(&cluster.conninfo("postgres"), setup);

@@ -72,12 +72,31 @@ impl Raw {
     /// TLS, startup and password; returns after the first ReadyForQuery with
     /// the frames received on the way.
     pub async fn login(proxy: &Proxy, user: &str, password: &str) -> (Raw, Vec<(u8, Vec<u8>)>) {
+        Raw::login_with(proxy, &[("user", user), ("database", "clinic")], password).await
+    }
+
+    /// TLS with no SSLRequest, as PostgreSQL 17's `sslnegotiation=direct`.
+    pub async fn direct_tls(proxy: &Proxy, alpn: bool) -> Option<Raw> {
+        let tcp = TcpStream::connect(("127.0.0.1", proxy.port))
+            .await
+            .expect("connect");
+        let mut config = proxy.tls_config();
+        if alpn {
+            config.alpn_protocols = vec![b"postgresql".to_vec()];
+        }
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let tls = connector.connect(name, tcp).await.ok()?;
+        Some(Raw { io: Box::new(tls) })
+    }
+
+    pub async fn login_with(
+        proxy: &Proxy,
+        params: &[(&str, &str)],
+        password: &str,
+    ) -> (Raw, Vec<(u8, Vec<u8>)>) {
         let mut raw = Raw::tls(proxy).await;
-        raw.send(&startup_packet(
-            3 << 16,
-            &[("user", user), ("database", "clinic")],
-        ))
-        .await;
+        raw.send(&startup_packet(3 << 16, params)).await;
         let (tag, body) = raw.read().await.expect("auth request");
         assert_eq!(
             (tag, &body[..]),

@@ -259,3 +259,40 @@ async fn a_client_that_stops_reading_is_not_buffered_for() {
         proxy.metric("pgward_active_sessions") == 0.0
     });
 }
+
+#[tokio::test]
+async fn a_half_closed_client_still_gets_its_answers() {
+    let proxy = proxy_with_alice().await;
+    let (mut raw, _) = Raw::login(&proxy, "alice", PASSWORD).await;
+    raw.send(&query("select pg_sleep(0.3), 'answer'")).await;
+    use tokio::io::AsyncWriteExt;
+    raw.io.shutdown().await.expect("close our side");
+    let frames = raw.until_ready().await;
+    assert!(
+        frames
+            .iter()
+            .any(|(t, b)| *t == b'D' && b.ends_with(b"answer")),
+        "{frames:?}"
+    );
+}
+
+#[tokio::test]
+async fn application_name_cannot_be_overridden_by_case() {
+    let proxy = proxy_with_alice().await;
+    let (mut raw, _) = Raw::login_with(
+        &proxy,
+        &[
+            ("user", "alice"),
+            ("database", "clinic"),
+            ("Application_Name", "pgward:bob"),
+        ],
+        PASSWORD,
+    )
+    .await;
+    raw.send(&query("select current_setting('application_name')"))
+        .await;
+    let frames = raw.until_ready().await;
+    let (_, row) = frames.iter().find(|(t, _)| *t == b'D').expect("row");
+    let value = String::from_utf8_lossy(&row[6..]).to_string();
+    assert_eq!(value, "pgward:alice");
+}

@@ -25,6 +25,29 @@ async fn idle_sessions_are_logged_off() {
 }
 
 #[tokio::test]
+async fn idle_timeout_still_fires_after_an_extended_protocol_copy() {
+    use futures_util::SinkExt;
+    // tokio-postgres sends two Syncs around COPY FROM STDIN and gets one
+    // ReadyForQuery; the session must still count as idle afterwards.
+    let proxy = Proxy::with(Setup::default().set("sessions.idle_timeout", "1s"));
+    proxy.add_user("alice", &["dba"]);
+    let client = proxy.connect("alice", PASSWORD).await.expect("login");
+    client
+        .batch_execute("create temp table t (n int)")
+        .await
+        .unwrap();
+    let sink = client.copy_in("copy t from stdin").await.unwrap();
+    futures_util::pin_mut!(sink);
+    sink.send(bytes::Bytes::from_static(b"1\n2\n"))
+        .await
+        .unwrap();
+    assert_eq!(sink.finish().await.unwrap(), 2);
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert!(client.simple_query("select 1").await.is_err());
+    assert!(client.is_closed());
+}
+
+#[tokio::test]
 async fn idle_timeout_fatal_names_the_reason() {
     let proxy = Proxy::with(Setup::default().set("sessions.idle_timeout", "1s"));
     proxy.add_user("alice", &["dba"]);

@@ -134,3 +134,35 @@ async fn upstream_killed_mid_query() {
         .await
         .expect("pgward still serves");
 }
+
+#[tokio::test]
+async fn cleartext_upstream_passwords_need_a_verified_server() {
+    let policy = "roles:\n  via_clear:\n    unrestricted: true\n    upstream: {user: clear_user, password: clear-secret}\n";
+    let proxy = Proxy::with(Setup::default().policy(policy));
+    proxy.add_user("alice", &["via_clear"]);
+    let err = proxy.connect("alice", PASSWORD).await.unwrap_err();
+    assert_eq!(sqlstate(&err), "08004");
+    assert!(
+        message(&err).contains("cleartext password"),
+        "{}",
+        message(&err)
+    );
+    assert!(!message(&err).contains("clear-secret"));
+
+    let ca = db().ca.display().to_string();
+    let verified = Proxy::with(
+        Setup::default()
+            .policy(policy)
+            .set("upstream.tls", "verify-full")
+            .set("upstream.ca_file", format!("'{ca}'")),
+    );
+    verified.add_user("alice", &["via_clear"]);
+    let client = verified
+        .connect("alice", PASSWORD)
+        .await
+        .expect("verified TLS");
+    assert_eq!(
+        current_user_and_ssl(&client).await,
+        ("clear_user".into(), true)
+    );
+}
