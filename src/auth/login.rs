@@ -86,6 +86,10 @@ impl LoginFailure {
     }
 }
 
+/// How long a login waits before asking again when other checks for the
+/// same name are in flight.
+const BUSY_RETRY: Duration = Duration::from_millis(20);
+
 #[derive(Clone)]
 pub struct Authenticator {
     store: Arc<dyn Store>,
@@ -137,18 +141,23 @@ impl Authenticator {
             .unwrap_or(SystemTime::UNIX_EPOCH);
         let max = self.max_failures;
 
-        let n = name.clone();
-        let attempt = self
-            .blocking(move |s| s.begin_login_attempt(&n, now, since, max))
-            .await?;
-        let failures = match attempt {
-            LoginAttempt::Locked => {
-                return Err(LoginFailure::Locked {
-                    user: name,
-                    window: self.window,
-                })
+        let attempt = loop {
+            let n = name.clone();
+            let answer = self
+                .blocking(move |s| s.begin_login_attempt(&n, now, since, max))
+                .await?;
+            match answer {
+                LoginAttempt::Allowed { attempt } => break attempt,
+                LoginAttempt::Locked => {
+                    return Err(LoginFailure::Locked {
+                        user: name,
+                        window: self.window,
+                    })
+                }
+                // Other checks for this name are running; the startup
+                // timeout bounds the wait.
+                LoginAttempt::Busy => tokio::time::sleep(BUSY_RETRY).await,
             }
-            LoginAttempt::Allowed { failures } => failures,
         };
 
         let n = name.clone();
@@ -157,13 +166,19 @@ impl Authenticator {
         let verified = self.pool.verify(hash, password).await;
         let user = match user {
             Some(user) if verified => user,
-            _ if failures >= max => {
-                return Err(LoginFailure::Locked {
-                    user: name,
-                    window: self.window,
-                })
+            _ => {
+                let n = name.clone();
+                let failures = self
+                    .blocking(move |s| s.login_failed(&n, attempt, since))
+                    .await?;
+                if failures >= max {
+                    return Err(LoginFailure::Locked {
+                        user: name,
+                        window: self.window,
+                    });
+                }
+                return Err(LoginFailure::BadCredentials(name));
             }
-            _ => return Err(LoginFailure::BadCredentials(name)),
         };
         let n = name.clone();
         self.blocking(move |s| s.login_succeeded(&n, now)).await?;
@@ -303,6 +318,23 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, LoginFailure::Locked { .. }));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_parallel_logins_with_the_right_password_all_succeed() {
+        let (auth, _) = setup(3);
+        let logins: Vec<_> = (0..12)
+            .map(|_| {
+                let auth = auth.clone();
+                tokio::spawn(async move { auth.login(&name("alice"), "right".into()).await })
+            })
+            .collect();
+        for login in logins {
+            login
+                .await
+                .unwrap()
+                .expect("a connection pool is not a brute-force attack");
+        }
     }
 
     #[tokio::test]

@@ -22,6 +22,9 @@ pub const MIGRATIONS: &[&str] = &[
         at   INTEGER NOT NULL
     );
     CREATE INDEX login_failures_name_at ON login_failures(name, at);",
-    // 2: pruning old failures of every name uses the time alone.
-    "CREATE INDEX login_failures_at ON login_failures(at);",
+    // 2: password checks in flight are recorded next to failures, so
+    // parallel guesses cannot overtake the lockout; pruning old rows of every
+    // name uses the time alone.
+    "ALTER TABLE login_failures ADD COLUMN pending INTEGER NOT NULL DEFAULT 0;
+     CREATE INDEX login_failures_at ON login_failures(at);",
 ];

@@ -47,10 +47,14 @@ pub struct UserRecord {
 /// The answer to [`Store::begin_login_attempt`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LoginAttempt {
-    /// Go ahead; `failures` counts this attempt as failed until it succeeds.
+    /// Go ahead and check the password; report the outcome with
+    /// [`Store::login_failed`] or [`Store::login_succeeded`].
     Allowed {
-        failures: u32,
+        attempt: i64,
     },
+    /// The checks already running for this name could use up what is left
+    /// of its failure budget: wait a moment and ask again.
+    Busy,
     Locked,
 }
 
@@ -73,11 +77,11 @@ pub trait Store: Send + Sync + 'static {
     /// Sets (`Some`) or removes (`None`) an attribute.
     fn set_attr(&self, name: &str, key: &str, value: Option<&str>) -> Result<(), StoreError>;
 
-    /// Starts a login attempt for a name (known or not). Atomically: if the
-    /// name has `max_failures` or more failures since `since`, the attempt
-    /// is refused; otherwise a failure is recorded *before* the password is
-    /// checked, so concurrent guesses cannot overtake the lockout. A
-    /// successful login removes it again with [`Store::login_succeeded`].
+    /// Starts a login attempt for a name (known or not), atomically: refused
+    /// when the name has `max_failures` failures since `since`; `Busy` when
+    /// failures plus checks in flight reach that number. So concurrent
+    /// guesses can never get more than `max_failures` password checks, while
+    /// a pool opening many connections with the right password only waits.
     fn begin_login_attempt(
         &self,
         name: &str,
@@ -85,8 +89,10 @@ pub trait Store: Send + Sync + 'static {
         since: SystemTime,
         max_failures: u32,
     ) -> Result<LoginAttempt, StoreError>;
-    /// Clears the name's failures (the provisional one included) and notes
-    /// the time of the login.
+    /// The password was wrong: the attempt becomes a failure. Returns the
+    /// name's failures since `since`.
+    fn login_failed(&self, name: &str, attempt: i64, since: SystemTime) -> Result<u32, StoreError>;
+    /// Clears the name's failures and attempts, and notes the login time.
     fn login_succeeded(&self, name: &str, at: SystemTime) -> Result<(), StoreError>;
 }
 

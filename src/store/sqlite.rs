@@ -107,6 +107,10 @@ impl SqliteStore {
     }
 }
 
+/// A password check takes well under a second; one recorded as in flight
+/// for longer was abandoned by a process that died.
+const PENDING_EXPIRY: Duration = Duration::from_secs(60);
+
 const USER_COLUMNS: &str = "name, password_hash, disabled, attrs, created_at, last_login";
 
 impl Store for SqliteStore {
@@ -232,29 +236,53 @@ impl Store for SqliteStore {
         // IMMEDIATE: take the write lock before counting, so two pgward
         // instances sharing the file cannot both see "one below the limit".
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        // Failures outside the window no longer count, for any name; dropping
-        // them keeps the table small even when someone sprays made-up names.
+        // Failures outside the window no longer count, for any name, and a
+        // check in flight for longer than a minute belongs to a crashed
+        // process; dropping both keeps the table small even when someone
+        // sprays made-up names.
+        let stale = micros(at) - PENDING_EXPIRY.as_micros() as i64;
         tx.execute(
-            "DELETE FROM login_failures WHERE at < ?1",
-            params![micros(since)],
+            "DELETE FROM login_failures WHERE at < ?1 OR (pending = 1 AND at < ?2)",
+            params![micros(since), stale],
+        )?;
+        let (failures, pending): (i64, i64) = tx.query_row(
+            "SELECT count(*) FILTER (WHERE pending = 0), count(*) FILTER (WHERE pending = 1)
+             FROM login_failures WHERE name = ?1",
+            params![name],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let max = i64::from(max_failures);
+        let answer = if failures >= max {
+            LoginAttempt::Locked
+        } else if failures + pending >= max {
+            LoginAttempt::Busy
+        } else {
+            tx.execute(
+                "INSERT INTO login_failures (name, at, pending) VALUES (?1, ?2, 1)",
+                params![name, micros(at)],
+            )?;
+            LoginAttempt::Allowed {
+                attempt: tx.last_insert_rowid(),
+            }
+        };
+        tx.commit()?;
+        Ok(answer)
+    }
+
+    fn login_failed(&self, name: &str, attempt: i64, since: SystemTime) -> Result<u32, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "UPDATE login_failures SET pending = 0 WHERE rowid = ?1 AND name = ?2",
+            params![attempt, name],
         )?;
         let count: i64 = tx.query_row(
-            "SELECT count(*) FROM login_failures WHERE name = ?1",
-            params![name],
+            "SELECT count(*) FROM login_failures WHERE name = ?1 AND pending = 0 AND at >= ?2",
+            params![name, micros(since)],
             |r| r.get(0),
         )?;
-        if count >= i64::from(max_failures) {
-            tx.commit()?;
-            return Ok(LoginAttempt::Locked);
-        }
-        tx.execute(
-            "INSERT INTO login_failures (name, at) VALUES (?1, ?2)",
-            params![name, micros(at)],
-        )?;
         tx.commit()?;
-        Ok(LoginAttempt::Allowed {
-            failures: count as u32 + 1,
-        })
+        Ok(count as u32)
     }
 
     fn login_succeeded(&self, name: &str, at: SystemTime) -> Result<(), StoreError> {
@@ -320,47 +348,49 @@ mod tests {
     }
 
     #[test]
-    fn attempts_count_within_window_and_clear_on_success() {
+    fn attempts_in_flight_and_failures_share_the_budget() {
         let store = SqliteStore::in_memory().unwrap();
         store.add_user(&alice()).unwrap();
         let t0 = UNIX_EPOCH + Duration::from_secs(1_000_000);
         let window = Duration::from_secs(900);
-        let attempt = |at: SystemTime| store.begin_login_attempt("alice", at, at - window, 3);
-        for i in 0..3 {
-            let at = t0 + Duration::from_secs(i);
-            assert_eq!(
-                attempt(at).unwrap(),
-                LoginAttempt::Allowed {
-                    failures: i as u32 + 1
-                }
-            );
+        let since = t0 - window;
+        let begin = |at: SystemTime| store.begin_login_attempt("alice", at, since, 3).unwrap();
+        let id = |a: LoginAttempt| match a {
+            LoginAttempt::Allowed { attempt } => attempt,
+            other => panic!("expected Allowed, got {other:?}"),
+        };
+        // Three checks in flight use the whole budget: a fourth waits.
+        let a = id(begin(t0));
+        let b = id(begin(t0));
+        let c = id(begin(t0));
+        assert_eq!(begin(t0), LoginAttempt::Busy);
+        // Two of them fail, one succeeds: success clears everything.
+        assert_eq!(store.login_failed("alice", a, since).unwrap(), 1);
+        assert_eq!(store.login_failed("alice", b, since).unwrap(), 2);
+        store.login_succeeded("alice", t0).unwrap();
+        let _ = c;
+        assert_eq!(store.user("alice").unwrap().unwrap().last_login, Some(t0));
+        // Three real failures lock the name.
+        for _ in 0..3 {
+            let attempt = id(begin(t0));
+            store.login_failed("alice", attempt, since).unwrap();
         }
-        // Three attempts in flight or failed: the fourth is refused before
-        // any password is checked.
-        assert_eq!(
-            attempt(t0 + Duration::from_secs(5)).unwrap(),
-            LoginAttempt::Locked
-        );
+        assert_eq!(begin(t0), LoginAttempt::Locked);
         // After the window, the name may try again.
         let later = t0 + Duration::from_secs(2000);
+        let later_since = later - window;
         assert!(matches!(
-            attempt(later).unwrap(),
-            LoginAttempt::Allowed { failures: 1 }
+            store
+                .begin_login_attempt("alice", later, later_since, 3)
+                .unwrap(),
+            LoginAttempt::Allowed { .. }
         ));
-        store.login_succeeded("alice", later).unwrap();
-        assert!(matches!(
-            attempt(later).unwrap(),
-            LoginAttempt::Allowed { failures: 1 }
-        ));
-        assert_eq!(
-            store.user("alice").unwrap().unwrap().last_login,
-            Some(later)
-        );
-        // Old failures of other names are pruned too.
+        // Old rows of other names are pruned too, and so are abandoned
+        // in-flight checks.
+        store.begin_login_attempt("ghost", t0, since, 3).unwrap();
         store
-            .begin_login_attempt("ghost", t0, t0 - window, 3)
+            .begin_login_attempt("alice", later, later_since, 3)
             .unwrap();
-        attempt(later).unwrap();
         let count: i64 = store
             .conn()
             .query_row(
@@ -369,7 +399,7 @@ mod tests {
                 |r| r.get(0),
             )
             .unwrap();
-        assert_eq!(count, 0, "pruned by the later attempt of another name");
+        assert_eq!(count, 0);
     }
 
     #[test]

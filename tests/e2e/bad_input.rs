@@ -231,9 +231,11 @@ async fn a_thousand_connections_dropped_without_startup_leak_nothing() {
             .expect("connect");
         drop(s);
     }
-    eventually(Duration::from_secs(10), "all connections to be accepted", || {
-        proxy.metric("pgward_connections_total") >= 1050.0
-    });
+    eventually(
+        Duration::from_secs(10),
+        "all connections to be accepted",
+        || proxy.metric("pgward_connections_total") >= 1050.0,
+    );
     eventually(Duration::from_secs(10), "all sessions to end", || {
         proxy.metric("pgward_active_sessions") == 0.0
     });
