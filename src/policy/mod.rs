@@ -5,14 +5,18 @@
 //! with a broken file keeps the running policy set. This module is pure: it
 //! reads files and answers questions, and knows nothing of sockets or tokio.
 
+pub mod filter;
+pub mod mask;
 mod role;
 mod secret;
+pub mod table;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub use role::{Role, RoleName, StatementClass, UpstreamAccount};
 pub use secret::{Secret, SecretSource};
+pub use table::{ColumnRule, TableName, TablePolicy};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::secret::{Secret, SecretSource};
+use super::table::{TableName, TablePolicy};
 
 /// A role name as written in policy files and chosen at login.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -102,9 +103,13 @@ pub struct Role {
     /// unrestricted are subject to SQL analysis and rewriting.
     #[serde(default)]
     pub unrestricted: bool,
-    /// Per-table rules for restricted roles.
+    /// Per-table rules for restricted roles; tables not listed are denied.
     #[serde(default)]
-    pub tables: BTreeMap<String, serde_yaml::Value>,
+    pub tables: BTreeMap<String, TablePolicy>,
+    /// Functions a restricted role may call beyond the built-in safe set
+    /// (`schema.function`).
+    #[serde(default)]
+    pub functions: Vec<String>,
     /// Only usable through a time-boxed grant.
     #[serde(default)]
     pub grant_only: Option<serde_yaml::Value>,
@@ -133,7 +138,31 @@ impl Role {
             return Err("databases must list at least one database (or \"*\")".into());
         }
         self.upstream.resolved_password = self.upstream.source().resolve(base)?;
+        if self.unrestricted && !self.tables.is_empty() {
+            return Err(
+                "an unrestricted role is relayed as typed; remove `tables` or `unrestricted`"
+                    .into(),
+            );
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (name, table) in &self.tables {
+            let parsed = TableName::parse(name)?;
+            if !seen.insert(parsed.clone()) {
+                return Err(format!("table {parsed} is listed twice"));
+            }
+            table.validate().map_err(|e| format!("table {name}: {e}"))?;
+        }
         Ok(())
+    }
+
+    /// Attribute names the role's row filters need from each user.
+    pub fn required_attributes(&self) -> std::collections::BTreeSet<String> {
+        self.tables
+            .values()
+            .filter_map(|t| t.rows.as_ref())
+            .flat_map(|f| f.attributes())
+            .map(str::to_string)
+            .collect()
     }
 
     pub fn allows_database(&self, database: &str) -> bool {

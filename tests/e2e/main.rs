@@ -9,6 +9,7 @@ mod bad_input;
 mod cancel;
 mod clients;
 mod demo;
+mod masks;
 mod relay;
 mod sessions;
 mod upstream;
