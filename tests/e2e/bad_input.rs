@@ -310,16 +310,26 @@ async fn logins_in_progress_are_capped_per_address() {
         silent.push(Raw::plain(&proxy).await);
     }
     // Three, plus the harness's readiness probe.
-    let accepted = || proxy.metric("pgward_connections_total");
-    eventually(Duration::from_secs(10), "the three to be accepted", || {
-        accepted() == 4.0
-    });
-    let mut extra = Raw::plain(&proxy).await;
+    // Under load the silent three may still be on their way in: keep
+    // trying until a fourth is turned away (each attempt stays open too).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut extra = Raw::plain(&proxy).await;
+        if extra.closed_within(Duration::from_millis(1000)).await {
+            break;
+        }
+        silent.push(extra);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a login beyond the cap from the same address is closed at once"
+        );
+    }
+    assert!(proxy.metric("pgward_startups_refused_total") >= 1.0);
     assert!(
-        extra.closed_within(Duration::from_secs(2)).await,
-        "a fourth login from the same address is closed at once"
+        silent.len() <= 3,
+        "at most three held open: {}",
+        silent.len()
     );
-    assert_eq!(proxy.metric("pgward_startups_refused_total"), 1.0);
     drop(silent);
     tokio::time::sleep(Duration::from_millis(300)).await;
     proxy.add_user("alice", &["dba"]);
