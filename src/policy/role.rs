@@ -110,6 +110,10 @@ pub struct Role {
     /// (`schema.function`).
     #[serde(default)]
     pub functions: Vec<String>,
+    /// Schemas unqualified table names resolve in, for restricted roles.
+    /// pgward pins the session's `search_path` to this list.
+    #[serde(default = "default_search_path")]
+    pub search_path: Vec<String>,
     /// Only usable through a time-boxed grant.
     #[serde(default)]
     pub grant_only: Option<serde_yaml::Value>,
@@ -123,6 +127,10 @@ pub struct Role {
 
 fn placeholder_name() -> RoleName {
     RoleName(String::new())
+}
+
+fn default_search_path() -> Vec<String> {
+    vec!["public".into()]
 }
 
 fn any_database() -> Vec<String> {
@@ -143,6 +151,23 @@ impl Role {
                 "an unrestricted role is relayed as typed; remove `tables` or `unrestricted`"
                     .into(),
             );
+        }
+        if !self.unrestricted {
+            let broad = [StatementClass::Ddl, StatementClass::Admin];
+            if let Some(c) = self.statements.iter().find(|c| broad.contains(c)) {
+                return Err(format!(
+                    "statement class {c:?} needs an unrestricted role: pgward cannot confine DDL or admin commands to a table policy (restricted roles may have read and write)"
+                ).to_lowercase());
+            }
+        }
+        for s in &self.search_path {
+            TableName::parse(&format!("{s}.x"))
+                .map_err(|_| format!("invalid schema {s:?} in search_path"))?;
+        }
+        for f in &self.functions {
+            TableName::parse(f).map_err(|_| {
+                format!("invalid function name {f:?} in functions: use schema.function")
+            })?;
         }
         let mut seen = std::collections::BTreeSet::new();
         for (name, table) in &self.tables {

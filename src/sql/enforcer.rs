@@ -1,0 +1,148 @@
+//! A restricted role's rules, compiled against one database's schema.
+//!
+//! Built once per session (and again when the schema is refreshed): for each
+//! table the role lists, the masked subquery that replaces every reference
+//! to it — its columns in table order, masked or omitted, the row filter
+//! rendered with the person's attributes — parsed once and cloned per use.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use sqlparser::ast::{Query, Statement};
+
+use super::parse::parse;
+use super::schema::Schema;
+use crate::policy::mask::quote_ident;
+use crate::policy::{ColumnRule, Role, StatementClass, TableName, TablePolicy};
+
+/// A listed table, ready to be substituted — or the reason it cannot be.
+#[derive(Clone, Debug)]
+pub(crate) struct Protected {
+    pub template: Result<Query, String>,
+    /// The template carries the masking key (hash masks): its text must
+    /// never reach the client, e.g. through EXPLAIN.
+    pub carries_key: bool,
+}
+
+/// Everything the rewriter needs to decide for one session.
+#[derive(Debug)]
+pub struct Enforcer {
+    pub(crate) role: String,
+    pub(crate) database: String,
+    pub(crate) may_read: bool,
+    pub(crate) may_write: bool,
+    pub(crate) search_path: Vec<String>,
+    pub(crate) tables: HashMap<TableName, Protected>,
+    pub(crate) catalog: HashSet<String>,
+    /// Extra functions the role lists, as (schema, name).
+    pub(crate) functions: HashSet<(String, String)>,
+    pub(crate) schema_version: u64,
+}
+
+impl Enforcer {
+    pub fn new(
+        role: &Role,
+        database: &str,
+        attrs: &BTreeMap<String, String>,
+        schema: &Schema,
+        hash_key: &str,
+    ) -> Enforcer {
+        let classes = &role.statements;
+        let has =
+            |c: StatementClass| classes.contains(&c) || classes.contains(&StatementClass::All);
+        let tables = role
+            .tables
+            .iter()
+            .filter_map(|(name, policy)| {
+                let table = TableName::parse(name).ok()?;
+                let protected = compile(&table, policy, schema, attrs, hash_key, database);
+                Some((table, protected))
+            })
+            .collect();
+        let functions = role
+            .functions
+            .iter()
+            .map(|f| {
+                let (s, n) = f.split_once('.').unwrap_or(("public", f));
+                (s.to_ascii_lowercase(), n.to_ascii_lowercase())
+            })
+            .collect();
+        Enforcer {
+            role: role.name.to_string(),
+            database: database.to_string(),
+            may_read: has(StatementClass::Read),
+            may_write: has(StatementClass::Write),
+            search_path: role.search_path.clone(),
+            tables,
+            catalog: schema.catalog.clone(),
+            functions,
+            schema_version: schema.version,
+        }
+    }
+
+    pub fn role(&self) -> &str {
+        &self.role
+    }
+}
+
+/// The masked subquery for one table.
+fn compile(
+    table: &TableName,
+    policy: &TablePolicy,
+    schema: &Schema,
+    attrs: &BTreeMap<String, String>,
+    hash_key: &str,
+    database: &str,
+) -> Protected {
+    let carries_key = policy
+        .columns
+        .values()
+        .any(|r| matches!(r, ColumnRule::Mask(crate::policy::mask::Mask::Hash {})));
+    let template = (|| {
+        let relation = schema.relations.get(table).ok_or_else(|| {
+            format!("{table} is listed in the policy but does not exist in database \"{database}\"")
+        })?;
+        let mut columns = Vec::new();
+        for column in &relation.columns {
+            let quoted = quote_ident(&column.name);
+            match policy.rule(&column.name) {
+                ColumnRule::Allow => columns.push(quoted),
+                ColumnRule::Deny => {}
+                ColumnRule::Mask(mask) => {
+                    let expr = mask
+                        .sql(&quoted, &column.pg_type, hash_key)
+                        .map_err(|e| format!("{table}.{}: {e}", column.name))?;
+                    columns.push(format!("{expr} AS {quoted}"));
+                }
+            }
+        }
+        if columns.is_empty() {
+            return Err(format!("every column of {table} is denied"));
+        }
+        let mut sql = format!(
+            "SELECT {} FROM {}.{}",
+            columns.join(", "),
+            quote_ident(&table.schema),
+            quote_ident(&table.table)
+        );
+        if let Some(filter) = &policy.rows {
+            let rendered = filter.render(attrs)?;
+            sql.push_str(&format!(" WHERE ({rendered})"));
+        }
+        match parse(&sql) {
+            Ok(mut stmts) if stmts.len() == 1 => match stmts.pop() {
+                Some(Statement::Query(q)) => Ok(*q),
+                _ => Err(format!(
+                    "the policy for {table} does not compile to a query"
+                )),
+            },
+            Ok(_) => Err(format!(
+                "the policy for {table} does not compile to one query"
+            )),
+            Err(e) => Err(format!("the policy for {table} does not compile: {e}")),
+        }
+    })();
+    Protected {
+        template,
+        carries_key,
+    }
+}

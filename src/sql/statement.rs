@@ -1,0 +1,357 @@
+//! Top-level statements: which kinds a restricted role may run, and how
+//! each is rewritten.
+//!
+//! The list is closed. Queries, EXPLAIN, COPY … TO STDOUT, cursors,
+//! prepared statements, transaction control and a few safe settings are
+//! understood; every other statement is refused with a reason.
+
+use std::collections::BTreeSet;
+
+use sqlparser::ast::{
+    CopySource, CopyTarget, DeclareType, DescribeAlias, Expr, Reset, Set, Statement, Value,
+};
+
+use super::enforcer::Enforcer;
+use super::parse::parse;
+use super::settings;
+use super::walk::{check_exprs, fold, rewrite_query, Uses};
+use super::Refusal;
+use crate::policy::TableName;
+
+/// A statement as the database will receive it.
+#[derive(Clone, Debug)]
+pub struct Rewritten {
+    pub sql: String,
+    /// Protected tables the statement reads.
+    pub tables: BTreeSet<TableName>,
+    /// First keyword(s) of each statement (`SELECT`, `COPY`, …).
+    pub kinds: Vec<String>,
+}
+
+impl Enforcer {
+    /// Analyzes and rewrites `sql`, or says why it is refused. A string with
+    /// several statements is refused whole if any one of them is.
+    pub fn rewrite(&self, sql: &str) -> Result<Rewritten, Refusal> {
+        let (statements, is_move) = match parse(sql) {
+            Ok(s) => (s, false),
+            Err(e) => match move_as_fetch(sql) {
+                Some(s) => (s, true),
+                None => return Err(self.unparsable(sql, &e)),
+            },
+        };
+        let mut uses = Uses::default();
+        let mut out = Vec::with_capacity(statements.len());
+        let mut kinds = Vec::with_capacity(statements.len());
+        for mut s in statements {
+            kinds.push(kind(&s));
+            self.statement(&mut s, &mut uses)?;
+            let text = s.to_string();
+            out.push(match (is_move, text.strip_prefix("FETCH")) {
+                (true, Some(rest)) => format!("MOVE{rest}"),
+                _ => text,
+            });
+        }
+        let sql = out.join(";\n");
+        // sqlparser prints what it parsed; printing what it parses from its
+        // own output must give the same text, or the database might read
+        // the statement differently from how pgward analyzed it.
+        if !is_move {
+            let again = parse(&sql).map(|s| {
+                s.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(";\n")
+            });
+            if again.as_deref() != Ok(sql.as_str()) {
+                return Err(self.refuse("a statement pgward cannot re-serialize faithfully"));
+            }
+        }
+        Ok(Rewritten {
+            sql,
+            tables: uses.tables,
+            kinds,
+        })
+    }
+
+    fn need_read(&self) -> Result<(), Refusal> {
+        if self.may_read {
+            Ok(())
+        } else {
+            Err(self.refuse_with("reading", "the role's statements do not include read"))
+        }
+    }
+
+    fn need_write(&self) -> Result<(), Refusal> {
+        if self.may_write {
+            Ok(())
+        } else {
+            Err(self.refuse_with(
+                "writing (INSERT, UPDATE, DELETE, MERGE, COPY FROM)",
+                "the role's statements do not include write",
+            ))
+        }
+    }
+
+    fn statement(&self, s: &mut Statement, uses: &mut Uses) -> Result<(), Refusal> {
+        match s {
+            Statement::Query(q) => {
+                self.need_read()?;
+                rewrite_query(self, q, &[], uses)
+            }
+            Statement::Explain {
+                describe_alias,
+                analyze,
+                statement,
+                options,
+                ..
+            } => {
+                if !matches!(describe_alias, DescribeAlias::Explain) {
+                    return Err(self.refuse("DESCRIBE"));
+                }
+                let analyze = *analyze
+                    || options.iter().flatten().any(|o| {
+                        fold(&o.name) == "analyze"
+                            && !matches!(
+                                &o.arg,
+                                Some(Expr::Value(v)) if matches!(v.value, Value::Boolean(false))
+                                    || v.value.to_string().eq_ignore_ascii_case("off")
+                                    || v.value.to_string() == "0"
+                            )
+                    });
+                let Statement::Query(q) = statement.as_mut() else {
+                    return Err(self.refuse("EXPLAIN of anything but a query"));
+                };
+                self.need_read()?;
+                let mut inner = Uses::default();
+                rewrite_query(self, q, &[], &mut inner)?;
+                if analyze && !inner.tables.is_empty() {
+                    return Err(self.refuse_with(
+                        "EXPLAIN ANALYZE over protected tables",
+                        "its row counts reveal rows the policy filters out",
+                    ));
+                }
+                if inner.carries_key {
+                    return Err(self.refuse_with(
+                        "EXPLAIN over hash-masked columns",
+                        "the plan would show the masking key",
+                    ));
+                }
+                uses.tables.extend(inner.tables);
+                Ok(())
+            }
+            Statement::Copy {
+                source, to, target, ..
+            } => {
+                if !*to {
+                    self.need_write()?;
+                    return Err(self.refuse("COPY … FROM"));
+                }
+                if !matches!(target, CopyTarget::Stdout) {
+                    return Err(self.refuse_with(
+                        "COPY to a file or program",
+                        "only COPY … TO STDOUT is allowed",
+                    ));
+                }
+                self.need_read()?;
+                if let CopySource::Table {
+                    table_name,
+                    columns,
+                } = source
+                {
+                    let list = if columns.is_empty() {
+                        "*".to_string()
+                    } else {
+                        columns
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    };
+                    let select = format!("SELECT {list} FROM {table_name}");
+                    match parse(&select).ok().and_then(|mut s| s.pop()) {
+                        Some(Statement::Query(q)) => *source = CopySource::Query(q),
+                        _ => return Err(self.refuse("this COPY source")),
+                    }
+                }
+                match source {
+                    CopySource::Query(q) => rewrite_query(self, q, &[], uses),
+                    CopySource::Table { .. } => Err(self.refuse("this COPY source")),
+                }
+            }
+            Statement::Set(set) => self.check_set(set),
+            Statement::Reset(r) => match &r.reset {
+                // Startup values, which pgward chose, are what RESET restores.
+                Reset::ALL => Ok(()),
+                Reset::ConfigurationParameter(name) => {
+                    let name = name.to_string().to_lowercase();
+                    if settings::is_safe(&name) {
+                        Ok(())
+                    } else {
+                        Err(self.refuse(&format!("RESET {name}")))
+                    }
+                }
+                Reset::SessionAuthorization => Err(self.refuse("RESET SESSION AUTHORIZATION")),
+            },
+            Statement::ShowVariable { .. }
+            | Statement::StartTransaction { .. }
+            | Statement::Commit { .. }
+            | Statement::Rollback { .. }
+            | Statement::Savepoint { .. }
+            | Statement::ReleaseSavepoint { .. }
+            | Statement::Deallocate { .. }
+            | Statement::Close { .. }
+            | Statement::Discard { .. }
+            | Statement::LISTEN { .. }
+            | Statement::UNLISTEN { .. } => Ok(()),
+            Statement::Fetch { into, .. } => {
+                if into.is_some() {
+                    Err(self.refuse("FETCH … INTO"))
+                } else {
+                    Ok(())
+                }
+            }
+            Statement::Prepare { statement, .. } => {
+                if matches!(statement.as_ref(), Statement::Prepare { .. }) {
+                    return Err(self.refuse("nested PREPARE"));
+                }
+                self.statement(statement, uses)
+            }
+            Statement::Execute {
+                parameters,
+                immediate,
+                into,
+                using,
+                ..
+            } => {
+                if *immediate || !into.is_empty() || !using.is_empty() {
+                    return Err(self.refuse("this EXECUTE syntax"));
+                }
+                check_exprs(self, parameters, uses)
+            }
+            Statement::Declare { stmts } => {
+                for d in stmts {
+                    let cursor = matches!(d.declare_type, Some(DeclareType::Cursor))
+                        && d.data_type.is_none()
+                        && d.assignment.is_none();
+                    match (&mut d.for_query, cursor) {
+                        (Some(q), true) => {
+                            self.need_read()?;
+                            rewrite_query(self, q, &[], uses)?;
+                        }
+                        _ => return Err(self.refuse("DECLARE of anything but a cursor")),
+                    }
+                }
+                Ok(())
+            }
+            Statement::NOTIFY { .. } => {
+                Err(self.refuse_with("NOTIFY", "it sends data to other sessions"))
+            }
+            Statement::Insert(_)
+            | Statement::Update(_)
+            | Statement::Delete(_)
+            | Statement::Merge(_) => {
+                self.need_write()?;
+                Err(self.refuse(&kind(s)))
+            }
+            other => Err(self.refuse(&kind(other))),
+        }
+    }
+
+    fn check_set(&self, set: &Set) -> Result<(), Refusal> {
+        match set {
+            Set::SingleAssignment { variable, .. } => {
+                let name = variable.to_string().to_lowercase();
+                if settings::is_safe(&name) {
+                    Ok(())
+                } else {
+                    Err(self.refuse_with(
+                        &format!("SET {name}"),
+                        "restricted roles may change only formatting and timeout settings",
+                    ))
+                }
+            }
+            Set::SetTimeZone { .. }
+            | Set::SetNames { .. }
+            | Set::SetNamesDefault {}
+            | Set::SetTransaction { .. } => Ok(()),
+            Set::SetRole { .. } => Err(self.refuse("SET ROLE")),
+            Set::SetSessionAuthorization(_) => Err(self.refuse("SET SESSION AUTHORIZATION")),
+            _ => Err(self.refuse("this SET syntax")),
+        }
+    }
+
+    /// A refusal for text that does not parse, naming the statement when
+    /// its first words say what it is.
+    fn unparsable(&self, sql: &str, error: &str) -> Refusal {
+        let words: Vec<String> = sql
+            .split_whitespace()
+            .take(3)
+            .map(|w| w.to_ascii_uppercase())
+            .collect();
+        let first = words.first().map(String::as_str).unwrap_or("");
+        let named = match first {
+            "DO" => return self.refuse_plural("DO blocks"),
+            "CREATE" | "ALTER" | "DROP" | "GRANT" | "REVOKE" | "CALL" | "VACUUM" | "CLUSTER"
+            | "REINDEX" | "LOAD" | "IMPORT" | "SECURITY" | "REFRESH" => {
+                Some(words.iter().take(2).cloned().collect::<Vec<_>>().join(" "))
+            }
+            _ => None,
+        };
+        match named {
+            Some(what) => self.refuse(&what),
+            None => Refusal {
+                message: format!(
+                    "pgward: statement refused for role \"{}\": pgward could not analyze it ({error})",
+                    self.role
+                ),
+                hint: Some(
+                    "restricted roles may run only statements pgward fully understands".into(),
+                ),
+            },
+        }
+    }
+}
+
+/// `MOVE` is `FETCH` without rows; sqlparser knows only the latter.
+fn move_as_fetch(sql: &str) -> Option<Vec<Statement>> {
+    let trimmed = sql.trim_start();
+    let head = trimmed.get(..4)?;
+    if !head.eq_ignore_ascii_case("move") {
+        return None;
+    }
+    let statements = parse(&format!("FETCH{}", &trimmed[4..])).ok()?;
+    match statements.as_slice() {
+        [Statement::Fetch { into: None, .. }] => Some(statements),
+        _ => None,
+    }
+}
+
+/// The first keywords of a statement, for messages and the audit trail.
+fn kind(s: &Statement) -> String {
+    let text = s.to_string();
+    let mut words = text.split_whitespace();
+    let first = words.next().unwrap_or("").to_ascii_uppercase();
+    match first.as_str() {
+        "CREATE" | "ALTER" | "DROP" => {
+            let mut out = first;
+            for w in words.take(3) {
+                let w = w.to_ascii_uppercase();
+                out.push(' ');
+                out.push_str(&w);
+                if !matches!(
+                    w.as_str(),
+                    "OR" | "REPLACE"
+                        | "TEMP"
+                        | "TEMPORARY"
+                        | "UNIQUE"
+                        | "MATERIALIZED"
+                        | "UNLOGGED"
+                ) {
+                    break;
+                }
+            }
+            out
+        }
+        _ => first,
+    }
+}

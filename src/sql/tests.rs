@@ -1,0 +1,337 @@
+//! Rewriter tests on SQL text alone (no database).
+
+use std::collections::BTreeMap;
+
+use super::schema::Schema;
+use super::Enforcer;
+use crate::policy::Role;
+
+const POLICY: &str = r#"
+upstream: { user: app_reader, password: x }
+databases: [clinic]
+statements: [read]
+tables:
+  public.patients:
+    columns:
+      ssn:   { mask: partial, keep_last: 4 }
+      name:  { mask: hash }
+      email: { mask: email }
+      dob:   { mask: year }
+    rows: "clinic_id = {{ user.clinic_id }}"
+  public.visits:
+    deny_columns: [notes]
+    rows: "clinic_id = {{ user.clinic_id }}"
+  public.clinics: {}
+"#;
+
+fn enforcer() -> Enforcer {
+    let mut role: Role = serde_yaml::from_str(POLICY).unwrap();
+    role.name = crate::policy::RoleName::parse("analyst").unwrap();
+    let schema = Schema::from_spec(&[
+        (
+            "public.patients",
+            &[
+                ("id", "integer"),
+                ("clinic_id", "integer"),
+                ("name", "text"),
+                ("ssn", "text"),
+                ("email", "text"),
+                ("dob", "date"),
+            ],
+        ),
+        (
+            "public.visits",
+            &[
+                ("id", "integer"),
+                ("patient_id", "integer"),
+                ("clinic_id", "integer"),
+                ("notes", "text"),
+            ],
+        ),
+        ("public.clinics", &[("id", "integer"), ("name", "text")]),
+        ("public.secrets", &[("v", "text")]),
+    ]);
+    let attrs = BTreeMap::from([("clinic_id".to_string(), "1".to_string())]);
+    Enforcer::new(&role, "clinic", &attrs, &schema, "k3y")
+}
+
+fn ok(sql: &str) -> String {
+    match enforcer().rewrite(sql) {
+        Ok(r) => r.sql,
+        Err(e) => panic!("{sql}: refused: {e}"),
+    }
+}
+
+fn refused(sql: &str) -> String {
+    match enforcer().rewrite(sql) {
+        Ok(r) => panic!("{sql}: allowed as {}", r.sql),
+        Err(e) => e.message,
+    }
+}
+
+/// The masked subquery that replaces `patients` (alias and all).
+fn patients_subquery(sql: &str) -> bool {
+    sql.contains(r#"FROM "public"."patients" WHERE (clinic_id = '1'))"#)
+}
+
+#[test]
+fn every_reference_to_a_listed_table_becomes_its_masked_subquery() {
+    for sql in [
+        "SELECT * FROM patients",
+        "SELECT * FROM public.patients",
+        "SELECT * FROM clinic.public.patients",
+        "SELECT * FROM PATIENTS",
+        "SELECT * FROM \"patients\"",
+        "SELECT p FROM patients p",
+        "SELECT row_to_json(p) FROM patients p",
+        "SELECT (SELECT max(ssn) FROM patients)",
+        "SELECT 1 WHERE EXISTS (SELECT 1 FROM patients WHERE ssn = 'x')",
+        "SELECT 1 WHERE 'x' IN (SELECT ssn FROM patients)",
+        "SELECT * FROM clinics c, LATERAL (SELECT * FROM patients p WHERE p.clinic_id = c.id) x",
+        "SELECT ssn FROM patients UNION SELECT name FROM clinics",
+        "SELECT name FROM clinics EXCEPT SELECT ssn FROM patients",
+        "SELECT * FROM (SELECT * FROM (SELECT * FROM patients) a) b",
+        "WITH x AS (SELECT * FROM patients) SELECT * FROM x",
+        "COPY patients TO STDOUT",
+        "COPY patients (ssn) TO STDOUT WITH (FORMAT csv)",
+        "COPY (SELECT * FROM patients) TO STDOUT",
+        "DECLARE c CURSOR FOR SELECT * FROM patients",
+        "PREPARE q AS SELECT * FROM patients WHERE id = $1",
+    ] {
+        let out = ok(sql);
+        assert!(patients_subquery(&out), "{sql}\n => {out}");
+        assert!(!out.contains(r#"FROM patients"#), "{sql}\n => {out}");
+    }
+}
+
+#[test]
+fn the_masked_subquery_keeps_names_masks_and_omits_denied_columns() {
+    let out = ok("SELECT * FROM patients");
+    assert!(
+        out.contains(r#"AS "ssn""#) && out.contains("right(\"ssn\", 4)"),
+        "{out}"
+    );
+    assert!(out.contains(r#"AS "patients""#), "{out}");
+    assert!(out.contains("date_trunc('year', \"dob\")"), "{out}");
+    let visits = ok("SELECT * FROM visits");
+    assert!(!visits.contains("notes"), "{visits}");
+    assert!(visits.contains(r#""patient_id""#), "{visits}");
+    let aliased = ok("SELECT p.ssn FROM patients AS p");
+    assert!(aliased.contains(") AS p"), "{aliased}");
+}
+
+#[test]
+fn a_cte_named_like_a_table_is_the_cte_outside_and_the_table_inside() {
+    let out = ok("WITH patients AS (SELECT * FROM patients) SELECT * FROM patients");
+    // Substituted once: inside the CTE's definition.
+    assert_eq!(
+        out.matches(r#"FROM "public"."patients""#).count(),
+        1,
+        "{out}"
+    );
+    assert!(out.ends_with("SELECT * FROM patients"), "{out}");
+    let recursive = ok(
+        "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 3) SELECT * FROM r",
+    );
+    assert!(recursive.contains("FROM r WHERE"), "{recursive}");
+    // A CTE is not in scope outside its query.
+    assert!(
+        refused("SELECT * FROM (WITH x AS (SELECT 1) SELECT * FROM x) a, x")
+            .contains("\"x\" is not in the policy")
+    );
+}
+
+#[test]
+fn functions_are_allowlisted_and_qualified() {
+    let out = ok("SELECT lower(name), count(*), coalesce(email, 'x') FROM patients GROUP BY 1");
+    assert!(out.contains(r#""pg_catalog"."lower"(name)"#), "{out}");
+    assert!(out.contains("coalesce(email, 'x')"), "{out}");
+    assert!(ok("SELECT ARRAY(SELECT id FROM clinics)").contains("ARRAY(SELECT"));
+    assert!(ok("SELECT * FROM generate_series(1, 3)").contains(r#""pg_catalog"."generate_series""#));
+    for (sql, name) in [
+        ("SELECT set_config('role', 'postgres', false)", "set_config"),
+        ("SELECT pg_read_file('/etc/passwd')", "pg_read_file"),
+        (
+            "SELECT query_to_xml('select * from secrets', true, true, '')",
+            "query_to_xml",
+        ),
+        ("SELECT lo_get(1)", "lo_get"),
+        ("SELECT pg_notify('c', ssn) FROM patients", "pg_notify"),
+        ("SELECT public.leak(ssn) FROM patients", "public.leak"),
+        ("SELECT leak(ssn) FROM patients", "leak"),
+        (
+            "SELECT * FROM dblink('x', 'select 1') AS t(a int)",
+            "dblink",
+        ),
+        ("SELECT nextval('s')", "nextval"),
+    ] {
+        let message = refused(sql);
+        assert!(
+            message.contains(&format!("function {name}()")),
+            "{sql}: {message}"
+        );
+    }
+}
+
+#[test]
+fn relations_outside_the_policy_are_refused_by_name() {
+    for (sql, name) in [
+        ("SELECT * FROM secrets", "secrets"),
+        ("SELECT * FROM public.secrets", "public.secrets"),
+        ("SELECT * FROM other.patients", "other.patients"),
+        (
+            "SELECT * FROM otherdb.public.patients",
+            "otherdb.public.patients",
+        ),
+        ("SELECT * FROM clinics JOIN secrets ON true", "secrets"),
+    ] {
+        let message = refused(sql);
+        assert!(
+            message.contains(&format!("relation \"{name}\"")),
+            "{sql}: {message}"
+        );
+    }
+}
+
+#[test]
+fn catalog_relations_are_qualified_and_value_bearing_ones_closed() {
+    let out = ok("SELECT relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace");
+    assert!(out.contains(r#""pg_catalog"."pg_class" c"#), "{out}");
+    for sql in [
+        "SELECT * FROM pg_stats",
+        "SELECT * FROM pg_catalog.pg_statistic",
+        "SELECT query FROM pg_stat_activity",
+        "SELECT * FROM pg_authid",
+        "SELECT * FROM pg_largeobject",
+    ] {
+        assert!(refused(sql).contains("reading pg_catalog."), "{sql}");
+    }
+}
+
+#[test]
+fn statements_outside_the_closed_list_are_refused_with_a_reason() {
+    for (sql, reason) in [
+        (
+            "DO $$ BEGIN PERFORM 1; END $$",
+            "DO blocks are not allowed for role \"analyst\"",
+        ),
+        (
+            "CREATE FUNCTION f() RETURNS int AS 'select 1' LANGUAGE sql",
+            "CREATE FUNCTION",
+        ),
+        (
+            "CREATE TEMP TABLE t AS SELECT * FROM patients",
+            "CREATE TEMP",
+        ),
+        ("SET ROLE postgres", "SET ROLE"),
+        (
+            "SET SESSION AUTHORIZATION postgres",
+            "SET SESSION AUTHORIZATION",
+        ),
+        ("SET search_path = evil", "SET search_path"),
+        ("COPY patients TO '/tmp/x'", "COPY to a file or program"),
+        (
+            "COPY (SELECT 1) TO PROGRAM 'id'",
+            "COPY to a file or program",
+        ),
+        ("COPY patients FROM STDIN", "writing"),
+        ("INSERT INTO clinics VALUES (9, 'x')", "writing"),
+        ("UPDATE patients SET ssn = 'x'", "writing"),
+        ("DELETE FROM patients", "writing"),
+        ("NOTIFY c, 'x'", "NOTIFY"),
+        ("SELECT * INTO t FROM patients", "SELECT … INTO"),
+        ("SELECT * FROM patients FOR UPDATE", "row locks"),
+        ("TABLE patients", "could not analyze"),
+        (
+            "WITH d AS (DELETE FROM patients RETURNING *) SELECT * FROM d",
+            "data-modifying",
+        ),
+        ("EXPLAIN ANALYZE SELECT * FROM visits", "EXPLAIN ANALYZE"),
+        ("EXPLAIN (ANALYZE) SELECT * FROM visits", "EXPLAIN ANALYZE"),
+        ("EXPLAIN SELECT name FROM patients", "hash-masked"),
+        ("SELECT 1; SELECT * FROM secrets", "secrets"),
+        (
+            "SELECT 1 FROM patients WHERE ssn OPERATOR(public.=) 'x'",
+            "operators outside pg_catalog",
+        ),
+        ("VACUUM patients", "VACUUM"),
+        ("LOAD 'x'", "LOAD"),
+        ("SELEC 1", "could not analyze"),
+    ] {
+        let message = refused(sql);
+        assert!(message.contains(reason), "{sql}: {message}");
+        assert!(message.starts_with("pgward: "), "{sql}: {message}");
+    }
+}
+
+#[test]
+fn safe_session_statements_pass_unchanged() {
+    for sql in [
+        "SET statement_timeout = 5000",
+        "SET TIME ZONE 'UTC'",
+        "RESET ALL",
+        "SHOW search_path",
+        "BEGIN",
+        "COMMIT",
+        "ROLLBACK",
+        "DISCARD ALL",
+        "FETCH 10 FROM c",
+        "CLOSE c",
+        "DEALLOCATE q",
+        "LISTEN chan",
+    ] {
+        assert_eq!(ok(sql), sql);
+    }
+    assert_eq!(ok("MOVE NEXT IN c"), "MOVE NEXT IN c");
+    assert_eq!(ok("move forward 5 from c"), "MOVE FORWARD 5 FROM c");
+}
+
+#[test]
+fn output_is_a_fixpoint_of_parse_and_print() {
+    for sql in [
+        "SELECT 'it''s', E'\\n', $$dollar$$ FROM patients",
+        "SELECT * FROM patients /* comment; DROP TABLE x */ WHERE id = 1 -- trailing",
+        "select id,ssn from patients where ssn like '%1%' order by 1 limit 5 offset 1",
+        // Not a Unicode identifier to sqlparser: `U & "…"`, and printed so,
+        // which is how PostgreSQL then reads it too.
+        "SELECT U&\"d\\0061t\" FROM patients",
+    ] {
+        let once = ok(sql);
+        let statements = super::parse::parse(&once).unwrap();
+        assert_eq!(statements.len(), 1);
+        assert_eq!(statements[0].to_string(), once);
+        assert!(!once.contains("--") && !once.contains("/*"), "{once}");
+    }
+    assert!(ok("SELECT U&\"d\\0061t\" FROM patients").contains("U & \"d\\0061t\""));
+}
+
+#[test]
+fn row_filter_attributes_are_quoted_literals() {
+    let mut role: Role = serde_yaml::from_str(POLICY).unwrap();
+    role.name = crate::policy::RoleName::parse("analyst").unwrap();
+    let schema = Schema::from_spec(&[(
+        "public.patients",
+        &[
+            ("id", "integer"),
+            ("clinic_id", "integer"),
+            ("name", "text"),
+            ("ssn", "text"),
+            ("email", "text"),
+            ("dob", "date"),
+        ],
+    )]);
+    let attrs = BTreeMap::from([("clinic_id".to_string(), "1' OR '1'='1".to_string())]);
+    let enf = Enforcer::new(&role, "clinic", &attrs, &schema, "k");
+    let out = enf.rewrite("SELECT id FROM patients").unwrap().sql;
+    assert!(
+        out.contains("WHERE (clinic_id = '1'' OR ''1''=''1')"),
+        "{out}"
+    );
+}
+
+#[test]
+fn write_statements_are_refused_without_the_write_class() {
+    let message =
+        refused("MERGE INTO clinics c USING clinics d ON c.id = d.id WHEN MATCHED THEN DELETE");
+    assert!(message.contains("do not include write"), "{message}");
+}
