@@ -48,9 +48,56 @@ pub struct Config {
     pub sessions: SessionConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub enforcement: EnforcementConfig,
     /// Directory the relative paths above were resolved against.
     #[serde(skip)]
     pub base_dir: PathBuf,
+}
+
+/// How restricted roles are enforced.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnforcementConfig {
+    /// Key for `hash` masks (created with mode 0600 if missing). Changing it
+    /// changes every hashed value.
+    #[serde(default = "EnforcementConfig::masking_key")]
+    pub masking_key: PathBuf,
+    /// How often table knowledge is re-read from the database (it is also
+    /// re-read after DDL passes through pgward).
+    #[serde(
+        default = "EnforcementConfig::schema_refresh",
+        with = "humantime_serde"
+    )]
+    pub schema_refresh: Duration,
+    /// Memory for cached analysis results, shared by all sessions.
+    #[serde(
+        default = "EnforcementConfig::analysis_cache",
+        deserialize_with = "byte_size"
+    )]
+    pub analysis_cache: usize,
+}
+
+impl EnforcementConfig {
+    fn masking_key() -> PathBuf {
+        PathBuf::from("secrets/masking.key")
+    }
+    fn schema_refresh() -> Duration {
+        Duration::from_secs(60)
+    }
+    fn analysis_cache() -> usize {
+        64 << 20
+    }
+}
+
+impl Default for EnforcementConfig {
+    fn default() -> Self {
+        EnforcementConfig {
+            masking_key: EnforcementConfig::masking_key(),
+            schema_refresh: EnforcementConfig::schema_refresh(),
+            analysis_cache: EnforcementConfig::analysis_cache(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -245,6 +292,7 @@ impl Config {
         resolve(&mut self.tls.key);
         resolve(&mut self.store.path);
         resolve(&mut self.policies);
+        resolve(&mut self.enforcement.masking_key);
         if let Some(ca) = &mut self.upstream.ca_file {
             resolve(ca);
         }

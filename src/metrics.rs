@@ -23,6 +23,7 @@ pub struct Metrics {
     pub active_sessions: Gauge,
     pub logins: Family<Outcome, Counter>,
     pub statements: Counter,
+    pub statements_refused: Counter,
     pub bytes_from_clients: Counter,
     pub bytes_to_clients: Counter,
     pub cancel_requests: Counter,
@@ -46,6 +47,7 @@ impl Metrics {
             active_sessions: Gauge::default(),
             logins: Family::default(),
             statements: Counter::default(),
+            statements_refused: Counter::default(),
             bytes_from_clients: Counter::default(),
             bytes_to_clients: Counter::default(),
             cancel_requests: Counter::default(),
@@ -68,6 +70,11 @@ impl Metrics {
             "statements",
             "Statements relayed (simple Query and extended Execute messages)",
             m.statements.clone(),
+        );
+        registry.register(
+            "statements_refused",
+            "Statements of restricted roles refused by the policy",
+            m.statements_refused.clone(),
         );
         registry.register(
             "client_received_bytes",

@@ -10,6 +10,7 @@ mod admin_http;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +20,9 @@ use tokio::sync::{oneshot, watch, Semaphore};
 
 use crate::auth::{Authenticator, PasswordPool};
 use crate::config::Config;
+use crate::guard::cache::AnalysisCache;
+use crate::guard::schema_cache::SchemaCache;
+use crate::guard::GuardContext;
 use crate::metrics::Metrics;
 use crate::net::tls::{self, UpstreamTlsMode};
 use crate::policy::PolicySet;
@@ -51,12 +55,44 @@ pub fn load_runtime(config_path: &Path) -> anyhow::Result<Runtime> {
         allow_cleartext_password: up.allow_cleartext_password,
         connect_timeout: up.connect_timeout,
     };
+    static GENERATION: AtomicU64 = AtomicU64::new(1);
     Ok(Runtime {
         config,
         policies,
         tls: server_tls,
         upstream,
+        generation: GENERATION.fetch_add(1, Ordering::Relaxed),
     })
+}
+
+/// Reads the key `hash` masks use, creating a random one (mode 0600) the
+/// first time.
+pub fn masking_key(path: &Path) -> anyhow::Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(key) if key.trim().len() >= 16 => Ok(key.trim().to_string()),
+        Ok(_) => anyhow::bail!(
+            "the masking key {} is shorter than 16 characters",
+            path.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            use rand::Rng;
+            let key: String = {
+                let mut rng = rand::thread_rng();
+                (0..32)
+                    .map(|_| format!("{:02x}", rng.gen::<u8>()))
+                    .collect()
+            };
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+            }
+            crate::certs::write_new(path, &key, 0o600)
+                .with_context(|| format!("writing the masking key {}", path.display()))?;
+            tracing::info!(path = %path.display(), "created a masking key for hash masks");
+            Ok(key)
+        }
+        Err(e) => Err(e).with_context(|| format!("reading the masking key {}", path.display())),
+    }
 }
 
 /// How `serve` is asked to stop.
@@ -95,11 +131,17 @@ pub async fn serve(
     );
     let metrics = Arc::new(Metrics::new());
     let (terminate_tx, terminate_rx) = watch::channel(false);
+    let guard = Arc::new(GuardContext {
+        schemas: Arc::new(SchemaCache::new(config.enforcement.schema_refresh)),
+        analysis: AnalysisCache::new(config.enforcement.analysis_cache),
+        hash_key: masking_key(&config.enforcement.masking_key)?,
+    });
     let ctx = Arc::new(Context::new(
         runtime,
         auth,
         Arc::clone(&metrics),
         terminate_rx,
+        guard,
     ));
 
     let listener = TcpListener::bind(config.listen)

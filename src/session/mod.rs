@@ -26,6 +26,8 @@ use tracing::Instrument;
 use crate::auth::{Authenticator, Identity, LoginName};
 use crate::config::Config;
 use crate::error::{PgError, SqlState};
+use crate::guard::schema_cache::Source;
+use crate::guard::{Guard, GuardContext};
 use crate::metrics::Metrics;
 use crate::net::backend;
 use crate::net::frame::FrameReader;
@@ -44,6 +46,8 @@ pub struct Runtime {
     pub policies: PolicySet,
     pub tls: Arc<rustls::ServerConfig>,
     pub upstream: Target,
+    /// Distinguishes policy sets across reloads (part of analysis cache keys).
+    pub generation: u64,
 }
 
 /// What every session shares.
@@ -54,6 +58,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Becomes true when running sessions must end (after the shutdown grace).
     pub terminate: watch::Receiver<bool>,
+    /// Schema and analysis caches and the masking key, for restricted roles.
+    pub guard: Arc<GuardContext>,
     next_id: AtomicU64,
 }
 
@@ -63,6 +69,7 @@ impl Context {
         auth: Authenticator,
         metrics: Arc<Metrics>,
         terminate: watch::Receiver<bool>,
+        guard: Arc<GuardContext>,
     ) -> Context {
         Context {
             runtime: ArcSwap::from_pointee(runtime),
@@ -70,6 +77,7 @@ impl Context {
             cancels: CancelRegistry::default(),
             metrics,
             terminate,
+            guard,
             next_id: AtomicU64::new(1),
         }
     }
@@ -125,6 +133,8 @@ pub async fn run(
             upstream,
             identity,
             limits,
+            guard,
+            database,
             _cancel,
         } = opened;
         tracing::info!(user = %identity.user, role = %identity.role, "session started");
@@ -137,6 +147,11 @@ pub async fn run(
             limits,
             Arc::clone(&ctx.metrics),
             ctx.terminate.clone(),
+            relay::Enforcement {
+                guard,
+                schemas: Arc::clone(&ctx.guard.schemas),
+                database,
+            },
         )
         .await;
         tracing::info!(
@@ -157,6 +172,8 @@ struct Opened {
     upstream: upstream::Connected,
     identity: Identity,
     limits: Limits,
+    guard: Option<Guard>,
+    database: String,
     _cancel: cancel::CancelGuard,
 }
 
@@ -194,6 +211,8 @@ async fn open(
             upstream: ready.upstream,
             identity: ready.identity,
             limits: ready.limits,
+            guard: ready.guard,
+            database: ready.database,
             _cancel: ready.cancel,
         }),
         Ok(None) => None,
@@ -222,11 +241,14 @@ async fn forward_cancel(ctx: &Context, process_id: u32, secret_key: u32) {
 }
 
 /// Startup parameters passed on to the database: everything the client sent
-/// except what pgward decides itself.
+/// except what pgward decides itself. For a restricted role (`pinned` holds
+/// its search path) only formatting settings pass, and pgward pins the
+/// settings its analysis relies on.
 fn upstream_params(
     msg: &StartupMessage,
     login: &LoginName,
     database: &str,
+    pinned: Option<&[String]>,
 ) -> Vec<(String, String)> {
     let mut params = vec![("database".to_string(), database.to_string())];
     let app = msg.get("application_name").filter(|a| !a.is_empty());
@@ -237,7 +259,11 @@ fn upstream_params(
         None => format!("pgward:{}", login.user),
     };
     params.push(("application_name".to_string(), tagged));
-    if let Some(options) = &login.forwarded_options {
+    if let Some(path) = pinned {
+        let path: Vec<String> = path.iter().map(|s| format!("\"{s}\"")).collect();
+        params.push(("search_path".to_string(), path.join(", ")));
+        params.push(("standard_conforming_strings".to_string(), "on".to_string()));
+    } else if let Some(options) = &login.forwarded_options {
         params.push(("options".to_string(), options.clone()));
     }
     for (k, v) in &msg.params {
@@ -247,7 +273,8 @@ fn upstream_params(
         let skip = matches!(
             key.as_str(),
             "user" | "database" | "application_name" | "options" | "replication"
-        ) || key.starts_with("_pq_.");
+        ) || key.starts_with("_pq_.")
+            || (pinned.is_some() && !crate::sql::settings::is_safe_startup(&key));
         if !skip {
             params.push((k.clone(), v.clone()));
         }
@@ -261,6 +288,8 @@ struct Ready {
     upstream: upstream::Connected,
     identity: Identity,
     limits: Limits,
+    guard: Option<Guard>,
+    database: String,
     cancel: cancel::CancelGuard,
 }
 
@@ -324,16 +353,24 @@ async fn login(
         )
     })?;
     if !role.unrestricted {
-        // Restricted roles need statement analysis and rewriting; until that
-        // is in place the only safe answer is no.
-        ctx.metrics.login("role_denied");
-        return Err(PgError::fatal(
-            SqlState::INSUFFICIENT_PRIVILEGE,
-            format!(
-                "pgward: role \"{}\" is restricted, and this pgward does not yet enforce restricted roles; refusing rather than relaying unfiltered",
-                role.name
-            ),
-        ));
+        let missing: Vec<String> = role
+            .required_attributes()
+            .into_iter()
+            .filter(|a| !identity.attrs.contains_key(a))
+            .collect();
+        if !missing.is_empty() {
+            ctx.metrics.login("role_denied");
+            return Err(PgError::fatal(
+                SqlState::INSUFFICIENT_PRIVILEGE,
+                format!(
+                    "pgward: user \"{}\" lacks attribute(s) {} that role \"{}\" needs for its row filters",
+                    identity.user,
+                    missing.join(", "),
+                    role.name
+                ),
+            )
+            .with_hint("set them with `pgward user set-attr`"));
+        }
     }
     // As in PostgreSQL the database defaults to the user name; libpq fills
     // it in with the name typed, which may carry a `+role` suffix.
@@ -352,7 +389,8 @@ async fn login(
         ));
     }
 
-    let params = upstream_params(msg, &login, database);
+    let pinned = (!role.unrestricted).then_some(role.search_path.as_slice());
+    let params = upstream_params(msg, &login, database, pinned);
     let creds = Credentials {
         user: &role.upstream.user,
         password: role.upstream.resolved_password.as_ref().map(|s| s.expose()),
@@ -370,6 +408,38 @@ async fn login(
         .upstream_connect
         .observe(began.elapsed().as_secs_f64());
 
+    let guard = if role.unrestricted {
+        None
+    } else {
+        let source = Source {
+            target: rt.upstream.clone(),
+            user: role.upstream.user.clone(),
+            password: role.upstream.resolved_password.clone(),
+            database: database.to_string(),
+        };
+        let started = Guard::start(
+            Arc::clone(&ctx.guard),
+            Arc::new(role.clone()),
+            identity.attrs.clone(),
+            source,
+            rt.generation,
+        )
+        .await;
+        match started {
+            Ok(guard) => Some(guard),
+            Err(e) => {
+                ctx.metrics.login("upstream_error");
+                tracing::warn!(role = %role.name, error = %e, "cannot prepare policy enforcement");
+                return Err(PgError::fatal(
+                    SqlState::CONNECTION_FAILURE,
+                    format!(
+                        "pgward: cannot prepare policy enforcement for role \"{}\": {e}",
+                        role.name
+                    ),
+                ));
+            }
+        }
+    };
     let cancel = ctx.cancels.register(CancelTarget {
         upstream: rt.upstream.clone(),
         process_id: upstream.process_id,
@@ -401,6 +471,8 @@ async fn login(
         upstream,
         identity,
         limits,
+        guard,
+        database: database.to_string(),
         cancel,
     }))
 }

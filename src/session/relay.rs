@@ -13,6 +13,7 @@
 //! message) that future writes it at a message boundary, so a client never
 //! sees a FATAL spliced into the middle of a row.
 
+use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,11 +25,14 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 use crate::error::{PgError, SqlState};
+use crate::guard::schema_cache::SchemaCache;
+use crate::guard::{errors, Guard};
 use crate::metrics::Metrics;
 use crate::net::backend::{error_response, ErrorFields};
 use crate::net::frame::{Header, HEADER_LEN};
 use crate::net::stream::Stream;
 use crate::session::pipeline::Pipeline;
+use crate::sql::Refusal;
 
 /// Frames larger than this, of a streamable type, are forwarded in pieces.
 pub const STREAM_THRESHOLD: usize = 64 * 1024;
@@ -238,6 +242,8 @@ struct Shared {
     /// The client→database direction is between messages, so a Terminate
     /// may be appended.
     upstream_at_boundary: AtomicBool,
+    /// Refused statements whose marker error has not come back yet.
+    refusals: Mutex<VecDeque<(u64, Refusal)>>,
 }
 
 impl Shared {
@@ -248,6 +254,10 @@ impl Shared {
     fn request_stop(&self, reason: SessionEnd) {
         *self.stop_reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
         self.stop.notify_one();
+    }
+
+    fn refusals(&self) -> std::sync::MutexGuard<'_, VecDeque<(u64, Refusal)>> {
+        self.refusals.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn take_stop_reason(&self) -> Option<SessionEnd> {
@@ -286,8 +296,18 @@ async fn write_fatal<W: AsyncWrite + Unpin>(w: &mut W, err: &PgError) {
     .await;
 }
 
+/// Statement enforcement and schema tracking for one session.
+pub struct Enforcement {
+    /// Present for restricted roles: every statement goes through it.
+    pub guard: Option<Guard>,
+    /// Told when DDL completes, so restricted sessions see the new schema.
+    pub schemas: Arc<SchemaCache>,
+    pub database: String,
+}
+
 /// Relays until either side ends the session. `client_buf` and
 /// `upstream_buf` hold bytes read during setup but not yet processed.
+#[allow(clippy::too_many_arguments)]
 pub async fn relay(
     client: Stream,
     client_buf: BytesMut,
@@ -296,7 +316,14 @@ pub async fn relay(
     limits: Limits,
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
+    enforcement: Enforcement,
 ) -> SessionEnd {
+    let Enforcement {
+        guard,
+        schemas,
+        database,
+    } = enforcement;
+    let marker_prefix = guard.as_ref().map(Guard::marker_prefix);
     let (mut client_r, mut client_w) = split(client);
     let (mut upstream_r, mut upstream_w) = split(upstream);
     let shared = Shared {
@@ -305,7 +332,9 @@ pub async fn relay(
         stop: Notify::new(),
         stop_reason: Mutex::new(None),
         upstream_at_boundary: AtomicBool::new(true),
+        refusals: Mutex::new(VecDeque::new()),
     };
+    let on_ddl = || schemas.invalidate(&database);
     let end = {
         let c2u = client_to_upstream(
             &mut client_r,
@@ -314,6 +343,7 @@ pub async fn relay(
             &shared,
             &limits,
             &metrics,
+            guard,
         );
         let u2c = upstream_to_client(
             &mut upstream_r,
@@ -323,6 +353,8 @@ pub async fn relay(
             &limits,
             &metrics,
             shutdown,
+            marker_prefix.as_deref(),
+            &on_ddl,
         );
         tokio::pin!(c2u, u2c);
         tokio::select! {
@@ -379,6 +411,9 @@ async fn linger(client: &mut ReadHalf<Stream>) {
     .await;
 }
 
+/// Frames a guard rewrote are gathered up to this size before one write.
+const REWRITE_BATCH: usize = 256 * 1024;
+
 async fn client_to_upstream(
     client: &mut ReadHalf<Stream>,
     upstream: &mut WriteHalf<Stream>,
@@ -386,10 +421,15 @@ async fn client_to_upstream(
     shared: &Shared,
     limits: &Limits,
     metrics: &Metrics,
+    mut guard: Option<Guard>,
 ) -> SessionEnd {
     let mut scanner = Scanner::default();
+    let guarded = guard.is_some();
+    // For guarded sessions: bytes to send, passed-through and rewritten.
+    let mut out = BytesMut::new();
     loop {
         let mut statements = 0u64;
+        let mut intercept = false;
         let now = Instant::now().into_std();
         let scan = scanner.scan(
             &buf,
@@ -397,6 +437,10 @@ async fn client_to_upstream(
             |tag| tag == b'd',
             |tag, _frame| {
                 if tag == b'X' {
+                    return false;
+                }
+                if guarded && matches!(tag, b'Q' | b'P' | b'F') {
+                    intercept = true;
                     return false;
                 }
                 if matches!(tag, b'Q' | b'E') {
@@ -420,18 +464,65 @@ async fn client_to_upstream(
                 return SessionEnd::ProtocolViolation(format!("invalid message length {len}"))
             }
         };
-        if statements > 0 {
-            metrics.statements.inc_by(statements);
-        }
         if scan.forward > 0 {
             metrics.bytes_from_clients.inc_by(scan.forward as u64);
-            shared.upstream_at_boundary.store(false, Ordering::Release);
-            if let Err(e) = write_chunk(upstream, &mut buf, scan.forward).await {
-                return SessionEnd::UpstreamIo(e);
+        }
+        if let Some(guard) = guard.as_mut() {
+            out.extend_from_slice(&buf.split_to(scan.forward));
+            if intercept {
+                let total = Header::parse(&buf).map_or(0, |h| h.total_len());
+                let frame = buf.split_to(total);
+                metrics.bytes_from_clients.inc_by(total as u64);
+                let outcome = guard.client_frame(&frame);
+                let sent = outcome.frame.first().copied().unwrap_or(0);
+                if matches!(sent, b'Q' | b'F') {
+                    shared.pipeline().client_sent(sent, now);
+                }
+                if frame.first() == Some(&b'Q') {
+                    statements += 1;
+                }
+                if let Some(refused) = outcome.refused {
+                    metrics.statements_refused.inc();
+                    let mut pending = shared.refusals();
+                    if pending.len() >= 1024 {
+                        pending.pop_front();
+                    }
+                    pending.push_back(refused);
+                }
+                out.extend_from_slice(&outcome.frame);
             }
-            shared
-                .upstream_at_boundary
-                .store(scanner.at_boundary(), Ordering::Release);
+            if statements > 0 {
+                metrics.statements.inc_by(statements);
+            }
+            if intercept && out.len() < REWRITE_BATCH {
+                continue;
+            }
+            if !out.is_empty() {
+                shared.upstream_at_boundary.store(false, Ordering::Release);
+                let n = out.len();
+                if let Err(e) = write_chunk(upstream, &mut out, n).await {
+                    return SessionEnd::UpstreamIo(e);
+                }
+                shared
+                    .upstream_at_boundary
+                    .store(scanner.at_boundary(), Ordering::Release);
+            }
+            if intercept {
+                continue;
+            }
+        } else {
+            if statements > 0 {
+                metrics.statements.inc_by(statements);
+            }
+            if scan.forward > 0 {
+                shared.upstream_at_boundary.store(false, Ordering::Release);
+                if let Err(e) = write_chunk(upstream, &mut buf, scan.forward).await {
+                    return SessionEnd::UpstreamIo(e);
+                }
+                shared
+                    .upstream_at_boundary
+                    .store(scanner.at_boundary(), Ordering::Release);
+            }
         }
         if scan.stopped {
             return SessionEnd::ClientTerminated;
@@ -468,6 +559,39 @@ async fn client_to_upstream(
     }
 }
 
+/// Whether a CommandComplete body reports DDL that may change tables.
+fn is_ddl(body: &[u8]) -> bool {
+    [&b"CREATE"[..], b"ALTER", b"DROP", b"SELECT INTO"]
+        .iter()
+        .any(|p| body.starts_with(p))
+}
+
+/// The replacement for a database error in a guarded session: pgward's
+/// refusal for a marker, a sanitized error otherwise.
+fn guarded_error(body: &[u8], marker: &str, shared: &Shared) -> bytes::Bytes {
+    let marked = errors::message(body).and_then(|m| {
+        let at = m
+            .windows(marker.len())
+            .position(|w| w == marker.as_bytes())?;
+        let digits: Vec<u8> = m[at + marker.len()..]
+            .iter()
+            .copied()
+            .take_while(u8::is_ascii_digit)
+            .collect();
+        std::str::from_utf8(&digits).ok()?.parse::<u64>().ok()
+    });
+    if let Some(id) = marked {
+        let mut pending = shared.refusals();
+        while let Some((n, refusal)) = pending.pop_front() {
+            if n == id {
+                return errors::refusal_response(&refusal);
+            }
+        }
+    }
+    errors::sanitize(body)
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn upstream_to_client(
     upstream: &mut ReadHalf<Stream>,
     client: &mut WriteHalf<Stream>,
@@ -476,6 +600,8 @@ async fn upstream_to_client(
     limits: &Limits,
     metrics: &Metrics,
     mut shutdown: watch::Receiver<bool>,
+    marker: Option<&str>,
+    on_ddl: &(dyn Fn() + Sync),
 ) -> SessionEnd {
     let mut scanner = Scanner::default();
     let mut saw_fatal = false;
@@ -488,15 +614,22 @@ async fn upstream_to_client(
     tokio::pin!(lifetime);
     let mut stopping_since: Option<Instant> = None;
     let lifetime_end = || SessionEnd::LifetimeExceeded(limits.max_lifetime.unwrap_or_default());
+    let guarded = marker.is_some();
     loop {
+        let mut error_next = false;
+        let mut ddl = false;
         let scan = scanner.scan(
             &buf,
             UPSTREAM_MAX_MESSAGE,
-            // Only the tiny messages pgward tracks are read whole.
-            |tag| !matches!(tag, b'Z' | b'G'),
+            // Only the tiny messages pgward tracks are read whole (and, in
+            // guarded sessions, errors, which get rewritten).
+            |tag| !(matches!(tag, b'Z' | b'G') || (guarded && tag == b'E')),
             |tag, frame| {
                 if tag == b'E' && ErrorFields::parse(&frame[HEADER_LEN..]).is_fatal() {
                     saw_fatal = true;
+                }
+                if tag == b'C' && is_ddl(&frame[HEADER_LEN..]) {
+                    ddl = true;
                 }
                 if matches!(tag, b'Z' | b'G' | b'E') {
                     let mut pipeline = shared.pipeline();
@@ -507,9 +640,18 @@ async fn upstream_to_client(
                         shared.went_idle.notify_one();
                     }
                 }
+                // Forward what precedes a guarded error; the error itself
+                // is rewritten below (and not visited again).
+                if guarded && tag == b'E' {
+                    error_next = true;
+                    return false;
+                }
                 true
             },
         );
+        if ddl {
+            on_ddl();
+        }
         let scan = match scan {
             Ok(scan) => scan,
             Err(_) => {
@@ -537,6 +679,26 @@ async fn upstream_to_client(
                 _ = &mut lifetime => return lifetime_end(),
                 _ = shutdown_requested(&mut shutdown) => return SessionEnd::Shutdown,
             }
+        }
+        if let (true, Some(marker)) = (error_next, marker) {
+            let total = Header::parse(&buf).map_or(0, |h| h.total_len());
+            let frame = buf.split_to(total);
+            let replaced = guarded_error(&frame[HEADER_LEN..], marker, shared);
+            metrics.bytes_to_clients.inc_by(replaced.len() as u64);
+            let written = async {
+                client.write_all(&replaced).await?;
+                client.flush().await
+            };
+            tokio::select! {
+                written = written => {
+                    if let Err(e) = written {
+                        return SessionEnd::ClientIo(e);
+                    }
+                }
+                _ = &mut lifetime => return lifetime_end(),
+                _ = shutdown_requested(&mut shutdown) => return SessionEnd::Shutdown,
+            }
+            continue;
         }
         ensure_capacity(&mut buf, scan.needs);
         let at_boundary = scanner.at_boundary();
