@@ -232,12 +232,35 @@ async fn a_person_picks_a_role_per_session() {
 }
 
 #[tokio::test]
-async fn restricted_roles_are_refused_until_enforced() {
+async fn restricted_roles_log_in_and_see_only_their_policy() {
     let proxy = Proxy::with(Setup::default().policy(OPS_POLICY));
     proxy.add_user("gina", &["analyst"]);
-    let err = proxy.connect("gina", PASSWORD).await.unwrap_err();
+    let client = proxy
+        .connect("gina", PASSWORD)
+        .await
+        .expect("restricted login");
+    let row = client
+        .query_one("select current_user::text", &[])
+        .await
+        .expect("session facts are open");
+    assert_eq!(row.get::<_, String>(0), "trust_user");
+    // Extended protocol: the Parse is refused, in its place in the pipeline.
+    let err = client
+        .query("select * from patients", &[])
+        .await
+        .unwrap_err();
     assert_eq!(sqlstate(&err), "42501");
-    assert!(message(&err).contains("restricted"), "{}", message(&err));
+    assert!(
+        message(&err).contains("relation \"patients\" is not in the policy of role \"analyst\""),
+        "{}",
+        message(&err)
+    );
+    // The session carries on.
+    let row = client
+        .query_one("select 1 + 1", &[])
+        .await
+        .expect("after refusal");
+    assert_eq!(row.get::<_, i32>(0), 2);
 }
 
 #[test]

@@ -401,9 +401,25 @@ impl Proxy {
         ),
         tokio_postgres::Error,
     > {
+        self.connect_db(user, password, "clinic").await
+    }
+
+    /// [`Proxy::connect_raw`] to another database.
+    pub async fn connect_db(
+        &self,
+        user: &str,
+        password: &str,
+        dbname: &str,
+    ) -> Result<
+        (
+            tokio_postgres::Client,
+            tokio_postgres::Connection<tokio_postgres::Socket, ClientTls>,
+        ),
+        tokio_postgres::Error,
+    > {
         let tls = tokio_postgres_rustls::MakeRustlsConnect::new(self.tls_config());
         let cfg = format!(
-            "host=127.0.0.1 port={} user={user} password={password} dbname=clinic sslmode=require",
+            "host=127.0.0.1 port={} user={user} password={password} dbname={dbname} sslmode=require",
             self.port
         );
         tokio_postgres::connect(&cfg, tls).await
