@@ -3,6 +3,7 @@
 
 mod demo;
 mod init;
+mod policy;
 mod serve;
 mod user;
 
@@ -48,6 +49,9 @@ enum Command {
     /// Manage people: add, list, passwd, disable, enable, set-attr.
     #[command(subcommand)]
     User(user::UserCommand),
+    /// Check the policies, or explain what one statement becomes.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
 }
 
 pub fn main() -> ExitCode {
@@ -62,6 +66,10 @@ pub fn main() -> ExitCode {
         Command::User(cmd) => {
             quiet_logging();
             user::run(cmd)
+        }
+        Command::Policy(cmd) => {
+            quiet_logging();
+            policy::run(cmd)
         }
     };
     match result {

@@ -117,28 +117,39 @@ impl SchemaCache {
     }
 
     async fn fetch(&self, source: &Source) -> Result<Schema, String> {
-        let params = vec![
-            ("database".to_string(), source.database.clone()),
-            ("application_name".to_string(), "pgward:schema".to_string()),
-        ];
-        let creds = Credentials {
-            user: &source.user,
-            password: source.password.as_ref().map(|s| s.expose()),
-        };
-        let conn = upstream::connect(&source.target, creds, &params)
-            .await
-            .map_err(|e| format!("cannot read the schema of \"{}\": {e}", source.database))?;
-        let mut client = SimpleClient::new(conn);
-        let tables = client
-            .query(TABLES_SQL)
-            .await
-            .map_err(|e| format!("reading the schema: {e}"))?;
-        let catalog = client
-            .query(CATALOG_SQL)
-            .await
-            .map_err(|e| format!("reading the catalog: {e}"))?;
-        client.close().await;
+        let mut client = open(source).await?;
         let version = self.versions.fetch_add(1, Ordering::Relaxed);
-        Schema::from_rows(&tables, &catalog, version)
+        let schema = read_schema(&mut client, version).await;
+        client.close().await;
+        schema
     }
+}
+
+/// A short-lived connection as the role's own account.
+pub async fn open(source: &Source) -> Result<SimpleClient, String> {
+    let params = vec![
+        ("database".to_string(), source.database.clone()),
+        ("application_name".to_string(), "pgward:schema".to_string()),
+    ];
+    let creds = Credentials {
+        user: &source.user,
+        password: source.password.as_ref().map(|s| s.expose()),
+    };
+    let conn = upstream::connect(&source.target, creds, &params)
+        .await
+        .map_err(|e| format!("cannot read the schema of \"{}\": {e}", source.database))?;
+    Ok(SimpleClient::new(conn))
+}
+
+/// Tables, columns and catalog relations, as the account sees them.
+pub async fn read_schema(client: &mut SimpleClient, version: u64) -> Result<Schema, String> {
+    let tables = client
+        .query(TABLES_SQL)
+        .await
+        .map_err(|e| format!("reading the schema: {e}"))?;
+    let catalog = client
+        .query(CATALOG_SQL)
+        .await
+        .map_err(|e| format!("reading the catalog: {e}"))?;
+    Schema::from_rows(&tables, &catalog, version)
 }

@@ -5,6 +5,7 @@
 //! with a broken file keeps the running policy set. This module is pure: it
 //! reads files and answers questions, and knows nothing of sockets or tokio.
 
+pub mod check;
 pub mod filter;
 pub mod mask;
 mod role;
@@ -66,10 +67,28 @@ pub struct PolicySet {
 impl PolicySet {
     /// Loads every `*.yaml` / `*.yml` file in `dir`, in name order.
     pub fn load_dir(dir: &Path) -> Result<PolicySet, PolicyError> {
-        let entries = std::fs::read_dir(dir).map_err(|source| PolicyError::ReadDir {
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        let (set, mut errors) = PolicySet::load_dir_all(dir);
+        match errors.is_empty() {
+            true => Ok(set),
+            false => Err(errors.swap_remove(0)),
+        }
+    }
+
+    /// Loads what is valid and returns every problem found on the way, for
+    /// `pgward policy check`. Roles with errors are left out of the set.
+    pub fn load_dir_all(dir: &Path) -> (PolicySet, Vec<PolicyError>) {
+        let mut set = PolicySet::default();
+        let mut errors = Vec::new();
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(source) => {
+                errors.push(PolicyError::ReadDir {
+                    path: dir.to_path_buf(),
+                    source,
+                });
+                return (set, errors);
+            }
+        };
         let mut files: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| {
@@ -78,23 +97,38 @@ impl PolicySet {
             })
             .collect();
         files.sort();
-        let mut set = PolicySet::default();
         for path in files {
-            set.add_file(&path)?;
+            set.add_file(&path, &mut errors);
         }
-        Ok(set)
+        (set, errors)
     }
 
-    fn add_file(&mut self, path: &Path) -> Result<(), PolicyError> {
-        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let file: PolicyFile =
-            serde_yaml::from_str(&text).map_err(|source| PolicyError::Parse {
-                path: path.to_path_buf(),
-                source,
-            })?;
+    /// Which file defines `role`.
+    pub fn source(&self, role: &RoleName) -> Option<&Path> {
+        self.sources.get(role).map(PathBuf::as_path)
+    }
+
+    fn add_file(&mut self, path: &Path, errors: &mut Vec<PolicyError>) {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(source) => {
+                errors.push(PolicyError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                });
+                return;
+            }
+        };
+        let file: PolicyFile = match serde_yaml::from_str(&text) {
+            Ok(file) => file,
+            Err(source) => {
+                errors.push(PolicyError::Parse {
+                    path: path.to_path_buf(),
+                    source,
+                });
+                return;
+            }
+        };
         let base = path.parent().unwrap_or(Path::new("."));
         for (name, mut role) in file.roles {
             let invalid = |message: String| PolicyError::Invalid {
@@ -102,20 +136,28 @@ impl PolicySet {
                 role: name.clone(),
                 message,
             };
-            let role_name = RoleName::parse(&name).map_err(invalid)?;
-            role.name = role_name.clone();
-            role.validate(base).map_err(invalid)?;
+            let checked = RoleName::parse(&name).and_then(|role_name| {
+                role.name = role_name.clone();
+                role.validate(base).map(|()| role_name)
+            });
+            let role_name = match checked {
+                Ok(role_name) => role_name,
+                Err(message) => {
+                    errors.push(invalid(message));
+                    continue;
+                }
+            };
             if let Some(first) = self.sources.get(&role_name) {
-                return Err(PolicyError::Duplicate {
+                errors.push(PolicyError::Duplicate {
                     role: name,
                     first: first.clone(),
                     second: path.to_path_buf(),
                 });
+                continue;
             }
             self.sources.insert(role_name.clone(), path.to_path_buf());
             self.roles.insert(role_name, role);
         }
-        Ok(())
     }
 
     pub fn role(&self, name: &RoleName) -> Option<&Role> {

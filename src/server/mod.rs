@@ -40,10 +40,23 @@ pub fn load_runtime(config_path: &Path) -> anyhow::Result<Runtime> {
     }
     let server_tls = tls::server_config(&config.tls.cert, &config.tls.key)
         .context("loading the server certificate")?;
+    let upstream = upstream_target(&config)?;
+    static GENERATION: AtomicU64 = AtomicU64::new(1);
+    Ok(Runtime {
+        config,
+        policies,
+        tls: server_tls,
+        upstream,
+        generation: GENERATION.fetch_add(1, Ordering::Relaxed),
+    })
+}
+
+/// How to reach the database, from the config's `upstream` section.
+pub fn upstream_target(config: &Config) -> anyhow::Result<Target> {
     let up = &config.upstream;
     let upstream_tls = tls::upstream_config(up.tls, up.ca_file.as_deref())
         .context("setting up TLS to the database")?;
-    let upstream = Target {
+    Ok(Target {
         host: up.host.clone(),
         port: up.port,
         tls: upstream_tls,
@@ -54,14 +67,6 @@ pub fn load_runtime(config_path: &Path) -> anyhow::Result<Runtime> {
         tls_verified: up.tls == UpstreamTlsMode::VerifyFull,
         allow_cleartext_password: up.allow_cleartext_password,
         connect_timeout: up.connect_timeout,
-    };
-    static GENERATION: AtomicU64 = AtomicU64::new(1);
-    Ok(Runtime {
-        config,
-        policies,
-        tls: server_tls,
-        upstream,
-        generation: GENERATION.fetch_add(1, Ordering::Relaxed),
     })
 }
 

@@ -82,6 +82,26 @@ impl Enforcer {
     pub fn role(&self) -> &str {
         &self.role
     }
+
+    /// Each listed table's masked subquery as SQL, or why it cannot be
+    /// built — what `pgward policy check` tries against the database.
+    pub fn compiled(&self) -> Vec<(TableName, Result<String, String>)> {
+        let mut out: Vec<_> = self
+            .tables
+            .iter()
+            .map(|(t, p)| {
+                (
+                    t.clone(),
+                    p.template
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .map_err(Clone::clone),
+                )
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
 }
 
 /// The masked subquery for one table.
@@ -110,7 +130,7 @@ fn compile(
                 ColumnRule::Mask(mask) => {
                     let expr = mask
                         .sql(&quoted, &column.pg_type, hash_key)
-                        .map_err(|e| format!("{table}.{}: {e}", column.name))?;
+                        .map_err(|e| format!("column {}: {e}", column.name))?;
                     columns.push(format!("{expr} AS {quoted}"));
                 }
             }

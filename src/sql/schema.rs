@@ -35,8 +35,8 @@ pub struct Schema {
     pub version: u64,
 }
 
-/// Columns of every ordinary relation outside the system schemas. `$1` is
-/// unused; the query takes no parameters so it runs over the simple protocol.
+/// Columns of every ordinary relation outside the system schemas. It takes
+/// no parameters, so it runs over the simple protocol.
 pub const TABLES_SQL: &str = "SELECT n.nspname, c.relname, c.relkind::text, a.attname, \
      pg_catalog.format_type(a.atttypid, a.atttypmod) \
      FROM pg_catalog.pg_class c \

@@ -11,6 +11,7 @@ mod clients;
 mod demo;
 mod masked_use;
 mod masks;
+mod policy_cli;
 mod relay;
 mod restricted;
 mod sessions;
