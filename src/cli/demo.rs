@@ -3,6 +3,12 @@
 //! Starts a throwaway PostgreSQL, loads the sample clinic database, creates a
 //! pgward config and demo users in a temporary directory, serves, prints
 //! ready-to-paste psql lines, and removes it all on Ctrl+C.
+//!
+//! Three people show the point of pgward in the first minute: alice (a DBA,
+//! unrestricted), ann (an analyst at clinic 1: masked SSNs, names, e-mail
+//! addresses and birth dates) and carl (a clinician at clinic 2: names and
+//! notes, SSNs masked) — the same `SELECT * FROM patients` gives each of
+//! them a different, policy-shaped answer.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -31,6 +37,40 @@ pub struct DemoArgs {
 
 const CLINIC_SQL: &str = include_str!("../../examples/clinic.sql");
 
+/// The demo's restricted roles; `{password}` is the read-only database
+/// account's (random, throwaway) password.
+const DEMO_POLICY: &str = r#"# Written by `pgward demo`. See policies/clinic.example.yaml in the source.
+roles:
+  analyst:
+    upstream: { user: app_reader, password: "{password}" }
+    databases: [clinic]
+    statements: [read]
+    tables:
+      public.patients:
+        columns:
+          ssn:   { mask: partial, keep_last: 4 }
+          name:  { mask: hash }
+          email: { mask: email }
+          dob:   { mask: year }
+        rows: "clinic_id = {{ user.clinic_id }}"
+      public.visits:
+        deny_columns: [notes]
+        rows: "clinic_id = {{ user.clinic_id }}"
+      public.clinics: {}
+  clinician:
+    upstream: { user: app_reader, password: "{password}" }
+    databases: [clinic]
+    statements: [read]
+    tables:
+      public.patients:
+        columns:
+          ssn: { mask: partial, keep_last: 4 }
+        rows: "clinic_id = {{ user.clinic_id }}"
+      public.visits:
+        rows: "clinic_id = {{ user.clinic_id }}"
+      public.clinics: {}
+"#;
+
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     super::service_logging(&crate::config::LogConfig {
         level: "warn".into(),
@@ -54,7 +94,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     result
 }
 
-async fn load_sample_data(cluster: &Cluster) -> anyhow::Result<()> {
+/// Loads the sample data and creates `app_reader`, the read-only database
+/// account the restricted roles use.
+async fn load_sample_data(cluster: &Cluster, reader_password: &str) -> anyhow::Result<()> {
     let target = Target {
         host: "127.0.0.1".into(),
         port: cluster.port,
@@ -81,6 +123,13 @@ async fn load_sample_data(cluster: &Cluster) -> anyhow::Result<()> {
         .query(CLINIC_SQL)
         .await
         .context("loading sample data")?;
+    clinic
+        .query(&format!(
+            "CREATE ROLE app_reader LOGIN PASSWORD '{reader_password}';
+             GRANT SELECT ON ALL TABLES IN SCHEMA public TO app_reader;"
+        ))
+        .await
+        .context("creating the read-only account")?;
     clinic.close().await;
     Ok(())
 }
@@ -95,7 +144,8 @@ fn listen_addr(wanted: SocketAddr) -> anyhow::Result<SocketAddr> {
 }
 
 async fn demo(cluster: &Cluster, work: &Path, listen: SocketAddr) -> anyhow::Result<()> {
-    load_sample_data(cluster).await?;
+    let reader_password = format!("reader-{:016x}", rand::random::<u64>());
+    load_sample_data(cluster, &reader_password).await?;
     println!("  loaded the sample clinic database (3 clinics, 1000 patients, 3000 visits)");
 
     let listen = listen_addr(listen)?;
@@ -112,14 +162,26 @@ async fn demo(cluster: &Cluster, work: &Path, listen: SocketAddr) -> anyhow::Res
     let password = format!("demo-{:08x}", rand::random::<u32>());
     let store_path = config.store.path.clone();
     let pw = password.clone();
+    std::fs::write(
+        config.policies.join("clinic.yaml"),
+        DEMO_POLICY.replace("{password}", &reader_password),
+    )
+    .context("writing the demo policies")?;
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         let store = SqliteStore::open(&store_path)?;
-        store.add_user(&NewUser {
-            name: "alice".into(),
-            password_hash: hash_password(&pw).map_err(|e| anyhow::anyhow!("{e}"))?,
-            roles: vec![RoleName::parse("dba").map_err(anyhow::Error::msg)?],
-            attrs: [("clinic_id".to_string(), "1".to_string())].into(),
-        })?;
+        let password_hash = hash_password(&pw).map_err(|e| anyhow::anyhow!("{e}"))?;
+        for (name, role, clinic) in [
+            ("alice", "dba", "1"),
+            ("ann", "analyst", "1"),
+            ("carl", "clinician", "2"),
+        ] {
+            store.add_user(&NewUser {
+                name: name.into(),
+                password_hash: password_hash.clone(),
+                roles: vec![RoleName::parse(role).map_err(anyhow::Error::msg)?],
+                attrs: [("clinic_id".to_string(), clinic.to_string())].into(),
+            })?;
+        }
         Ok(())
     })
     .await??;
@@ -138,16 +200,25 @@ async fn demo(cluster: &Cluster, work: &Path, listen: SocketAddr) -> anyhow::Res
     println!();
     println!("pgward is serving the clinic database on {addr}. Connect as alice (role dba):");
     println!();
-    println!(
-        "  PGPASSWORD={password} psql \"host={} port={} user=alice dbname=clinic sslmode=verify-full sslrootcert={}\"",
-        addr.ip(),
-        addr.port(),
-        ca.display()
-    );
+    let conninfo = |user: &str| {
+        format!(
+            "host={} port={} user={user} dbname=clinic sslmode=verify-full sslrootcert={}",
+            addr.ip(),
+            addr.port(),
+            ca.display()
+        )
+    };
+    println!("  PGPASSWORD={password} psql \"{}\"", conninfo("alice"));
+    println!();
+    println!("Same password, and `SELECT * FROM patients LIMIT 5` shows what pgward is for:");
+    println!("  user=ann   role analyst: clinic 1 only; SSN, name, e-mail and birth date masked");
+    println!("  user=carl  role clinician: clinic 2 only; SSN masked; visit notes visible");
+    println!();
+    println!("  PGPASSWORD={password} psql \"{}\"", conninfo("ann"));
     println!();
     println!("  config: {}", config_path.display());
     println!(
-        "  more users: pgward user add NAME --role dba --config {}",
+        "  explain: pgward policy explain --user ann --db clinic \"SELECT * FROM patients\" --config {}",
         config_path.display()
     );
     println!();

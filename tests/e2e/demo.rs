@@ -66,6 +66,22 @@ fn demo_serves_the_clinic_data_and_cleans_up_on_ctrl_c() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1000");
+    // The masked analyst the demo also creates: clinic 1 only, SSNs masked.
+    let ann = conninfo.replace("user=alice", "user=ann");
+    let out = psql(
+        &format!("{ann} password={password}"),
+        &[
+            "-At",
+            "-c",
+            "select count(*), bool_and(ssn like '*******%'), bool_and(email like '***@%') from patients",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "333|t|t");
 
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
