@@ -51,6 +51,28 @@ impl AnalysisCache {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The cached decision for `sql` in `scope` (everything else the
+    /// decision depends on, length-prefixed), or `compute`'s, remembered.
+    pub fn decide(
+        &self,
+        scope: &str,
+        sql: &str,
+        compute: impl FnOnce() -> Result<Rewritten, Refusal>,
+    ) -> Decision {
+        if sql.len() > MAX_CACHED_SQL {
+            return Arc::new(compute());
+        }
+        let mut key = String::with_capacity(scope.len() + sql.len());
+        key.push_str(scope);
+        key.push_str(sql);
+        if let Some(hit) = self.get(&key) {
+            return hit;
+        }
+        let decision = Arc::new(compute());
+        self.insert(key, Arc::clone(&decision));
+        decision
+    }
+
     pub fn get(&self, key: &str) -> Option<Decision> {
         self.inner().map.get(key).map(|(d, _)| Arc::clone(d))
     }

@@ -22,7 +22,7 @@ use rand::Rng;
 
 use crate::policy::Role;
 use crate::sql::{Enforcer, Refusal};
-use cache::{AnalysisCache, Decision, MAX_CACHED_SQL};
+use cache::{AnalysisCache, Decision};
 use schema_cache::{SchemaCache, Source};
 
 /// What every restricted session shares.
@@ -124,18 +124,10 @@ impl Guard {
     /// The decision for one statement text, cached.
     pub fn decide(&mut self, sql: &str) -> Decision {
         self.refresh();
-        if sql.len() > MAX_CACHED_SQL {
-            return Arc::new(self.enforcer.rewrite(sql));
-        }
-        let mut key = String::with_capacity(self.scope_key.len() + sql.len());
-        key.push_str(&self.scope_key);
-        key.push_str(sql);
-        if let Some(hit) = self.ctx.analysis.get(&key) {
-            return hit;
-        }
-        let decision = Arc::new(self.enforcer.rewrite(sql));
-        self.ctx.analysis.insert(key, Arc::clone(&decision));
-        decision
+        let enforcer = &self.enforcer;
+        self.ctx
+            .analysis
+            .decide(&self.scope_key, sql, || enforcer.rewrite(sql))
     }
 
     /// The text marker errors carry; see the module docs.

@@ -17,10 +17,29 @@ use crate::policy::{ColumnRule, Role, StatementClass, TableName, TablePolicy};
 /// A listed table, ready to be substituted — or the reason it cannot be.
 #[derive(Clone, Debug)]
 pub(crate) struct Protected {
-    pub template: Result<Query, String>,
+    pub template: Result<Compiled, String>,
     /// The template carries the masking key (hash masks): its text must
     /// never reach the client, e.g. through EXPLAIN.
     pub carries_key: bool,
+}
+
+/// A table's masked subquery, and its pieces for the write path.
+#[derive(Clone, Debug)]
+pub(crate) struct Compiled {
+    /// `SELECT <projection> FROM <qualified> WHERE (<filter>)`, parsed.
+    pub query: Query,
+    /// `"schema"."table"`.
+    pub qualified: String,
+    /// The masked select list (denied columns left out).
+    pub projection: String,
+    /// The rendered row filter.
+    pub filter: Option<String>,
+    /// Columns the row filter reads: a restricted role may not change them.
+    pub filter_columns: HashSet<String>,
+    /// Every column of the table, in order.
+    pub columns: Vec<String>,
+    /// Columns the role may not see (nor write).
+    pub denied: HashSet<String>,
 }
 
 /// Everything the rewriter needs to decide for one session.
@@ -94,7 +113,7 @@ impl Enforcer {
                     t.clone(),
                     p.template
                         .as_ref()
-                        .map(ToString::to_string)
+                        .map(|c| c.query.to_string())
                         .map_err(Clone::clone),
                 )
             })
@@ -122,11 +141,14 @@ fn compile(
             format!("{table} is listed in the policy but does not exist in database \"{database}\"")
         })?;
         let mut columns = Vec::new();
+        let mut denied = HashSet::new();
         for column in &relation.columns {
             let quoted = quote_ident(&column.name);
             match policy.rule(&column.name) {
                 ColumnRule::Allow => columns.push(quoted),
-                ColumnRule::Deny => {}
+                ColumnRule::Deny => {
+                    denied.insert(column.name.clone());
+                }
                 ColumnRule::Mask(mask) => {
                     let expr = mask
                         .sql(&quoted, &column.pg_type, hash_key)
@@ -138,28 +160,53 @@ fn compile(
         if columns.is_empty() {
             return Err(format!("every column of {table} is denied"));
         }
-        let mut sql = format!(
-            "SELECT {} FROM {}.{}",
-            columns.join(", "),
+        let projection = columns.join(", ");
+        let qualified = format!(
+            "{}.{}",
             quote_ident(&table.schema),
             quote_ident(&table.table)
         );
-        if let Some(filter) = &policy.rows {
-            let rendered = filter.render(attrs)?;
+        let mut sql = format!("SELECT {projection} FROM {qualified}");
+        let filter = match &policy.rows {
+            Some(filter) => Some(filter.render(attrs)?),
+            None => None,
+        };
+        if let Some(rendered) = &filter {
             sql.push_str(&format!(" WHERE ({rendered})"));
         }
-        match parse(&sql) {
+        let query = match parse(&sql) {
             Ok(mut stmts) if stmts.len() == 1 => match stmts.pop() {
-                Some(Statement::Query(q)) => Ok(*q),
-                _ => Err(format!(
-                    "the policy for {table} does not compile to a query"
-                )),
+                Some(Statement::Query(q)) => *q,
+                _ => {
+                    return Err(format!(
+                        "the policy for {table} does not compile to a query"
+                    ))
+                }
             },
-            Ok(_) => Err(format!(
-                "the policy for {table} does not compile to one query"
-            )),
-            Err(e) => Err(format!("the policy for {table} does not compile: {e}")),
-        }
+            Ok(_) => {
+                return Err(format!(
+                    "the policy for {table} does not compile to one query"
+                ))
+            }
+            Err(e) => return Err(format!("the policy for {table} does not compile: {e}")),
+        };
+        let filter_columns = match &query.body.as_ref() {
+            sqlparser::ast::SetExpr::Select(s) => s
+                .selection
+                .as_ref()
+                .map(super::write::identifiers)
+                .unwrap_or_default(),
+            _ => HashSet::new(),
+        };
+        Ok(Compiled {
+            query,
+            qualified,
+            projection,
+            filter,
+            filter_columns,
+            columns: relation.columns.iter().map(|c| c.name.clone()).collect(),
+            denied,
+        })
     })();
     Protected {
         template,

@@ -17,6 +17,7 @@ pub mod schema;
 pub mod settings;
 mod statement;
 mod walk;
+mod write;
 
 pub use enforcer::Enforcer;
 pub use statement::Rewritten;

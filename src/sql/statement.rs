@@ -14,7 +14,7 @@ use sqlparser::ast::{
 use super::enforcer::Enforcer;
 use super::parse::parse;
 use super::settings;
-use super::walk::{check_exprs, fold, rewrite_query, Uses};
+use super::walk::{fold, rewrite_part, rewrite_query, Uses};
 use super::Refusal;
 use crate::policy::TableName;
 
@@ -144,7 +144,7 @@ impl Enforcer {
             } => {
                 if !*to {
                     self.need_write()?;
-                    return Err(self.refuse("COPY … FROM"));
+                    return Err(self.refuse_with("COPY … FROM", "use INSERT"));
                 }
                 if !matches!(target, CopyTarget::Stdout) {
                     return Err(self.refuse_with(
@@ -226,7 +226,7 @@ impl Enforcer {
                 if *immediate || !into.is_empty() || !using.is_empty() {
                     return Err(self.refuse("this EXECUTE syntax"));
                 }
-                check_exprs(self, parameters, uses)
+                rewrite_part(self, parameters, uses)
             }
             Statement::Declare { stmts } => {
                 for d in stmts {
@@ -246,12 +246,31 @@ impl Enforcer {
             Statement::NOTIFY { .. } => {
                 Err(self.refuse_with("NOTIFY", "it sends data to other sessions"))
             }
-            Statement::Insert(_)
-            | Statement::Update(_)
-            | Statement::Delete(_)
-            | Statement::Merge(_) => {
+            Statement::Insert(_) | Statement::Update(_) | Statement::Delete(_) => {
                 self.need_write()?;
-                Err(self.refuse(&kind(s)))
+                if s.to_string().to_lowercase().contains("pgward_") {
+                    return Err(self.refuse_with(
+                        "this statement",
+                        "names starting with pgward_ are reserved for pgward's rewriting",
+                    ));
+                }
+                let text = match s {
+                    Statement::Insert(i) => self.rewrite_insert(i, uses)?,
+                    Statement::Update(u) => self.rewrite_update(u, uses)?,
+                    Statement::Delete(d) => self.rewrite_delete(d, uses)?,
+                    _ => return Err(self.refuse(&kind(s))),
+                };
+                match parse(&text).map(|mut v| (v.len(), v.pop())) {
+                    Ok((1, Some(rewritten))) => {
+                        *s = rewritten;
+                        Ok(())
+                    }
+                    _ => Err(self.refuse("a statement pgward cannot re-serialize faithfully")),
+                }
+            }
+            Statement::Merge(_) => {
+                self.need_write()?;
+                Err(self.refuse_with("MERGE", "use INSERT, UPDATE or DELETE"))
             }
             other => Err(self.refuse(&kind(other))),
         }

@@ -335,3 +335,173 @@ fn write_statements_are_refused_without_the_write_class() {
         refused("MERGE INTO clinics c USING clinics d ON c.id = d.id WHEN MATCHED THEN DELETE");
     assert!(message.contains("do not include write"), "{message}");
 }
+
+fn writer() -> Enforcer {
+    let mut role: Role = serde_yaml::from_str(&POLICY.replace("[read]", "[read, write]")).unwrap();
+    role.name = crate::policy::RoleName::parse("clerk").unwrap();
+    let schema = Schema::from_spec(&[
+        (
+            "public.patients",
+            &[
+                ("id", "integer"),
+                ("clinic_id", "integer"),
+                ("name", "text"),
+                ("ssn", "text"),
+                ("email", "text"),
+                ("dob", "date"),
+                ("phone", "text"),
+            ],
+        ),
+        (
+            "public.visits",
+            &[
+                ("id", "integer"),
+                ("patient_id", "integer"),
+                ("clinic_id", "integer"),
+                ("notes", "text"),
+            ],
+        ),
+        ("public.clinics", &[("id", "integer"), ("name", "text")]),
+    ]);
+    let attrs = BTreeMap::from([("clinic_id".to_string(), "1".to_string())]);
+    Enforcer::new(&role, "clinic", &attrs, &schema, "k3y")
+}
+
+fn write_ok(sql: &str) -> String {
+    match writer().rewrite(sql) {
+        Ok(r) => r.sql,
+        Err(e) => panic!("{sql}: refused: {e}"),
+    }
+}
+
+fn write_refused(sql: &str) -> String {
+    match writer().rewrite(sql) {
+        Ok(r) => panic!("{sql}: allowed as {}", r.sql),
+        Err(e) => e.message,
+    }
+}
+
+#[test]
+fn updates_and_deletes_join_the_masked_filtered_rows_and_read_masked_values() {
+    let out = write_ok("UPDATE patients SET phone = ssn WHERE id = 3");
+    assert!(
+        out.starts_with(
+            r#"UPDATE "public"."patients" AS "pgward_t" SET phone = "patients".ssn FROM (SELECT"#
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains(r#"WHERE (clinic_id = '1')) AS "patients""#),
+        "{out}"
+    );
+    assert!(
+        out.contains(r#""pgward_t".ctid = "patients"."pgward_ctid""#),
+        "{out}"
+    );
+    assert!(out.ends_with(r#"AND ("patients".id = 3)"#), "{out}");
+    let aliased = write_ok(
+        "UPDATE patients p SET phone = p.phone || 'x' FROM clinics c WHERE c.id = p.clinic_id",
+    );
+    assert!(
+        aliased.contains(r#"AS "p", (SELECT "id", "name" FROM "public"."clinics") c WHERE"#),
+        "{aliased}"
+    );
+    let del = write_ok(
+        "DELETE FROM visits WHERE patient_id IN (SELECT id FROM patients WHERE ssn LIKE '1%')",
+    );
+    assert!(
+        del.starts_with(r#"DELETE FROM "public"."visits" AS "pgward_t" USING (SELECT"#),
+        "{del}"
+    );
+    // The subquery keeps its own scope: its `id` is patients.id.
+    assert!(
+        del.contains(r#"("visits".patient_id IN (SELECT id FROM (SELECT"#),
+        "{del}"
+    );
+}
+
+#[test]
+fn returning_is_computed_over_the_masked_projection() {
+    let out = write_ok("UPDATE patients SET email = 'a@b.org' WHERE id = 3 RETURNING ssn, email");
+    assert!(out.starts_with(r#"WITH "pgward_w" AS (UPDATE"#), "{out}");
+    assert!(
+        out.contains(
+            r#"RETURNING "pgward_t".*) SELECT "patients".ssn, "patients".email FROM (SELECT"#
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains(r#"right("ssn", 4)"#) && out.ends_with(r#"FROM "pgward_w") AS "patients""#),
+        "{out}"
+    );
+    let del = write_ok("DELETE FROM visits WHERE id = 1 RETURNING *");
+    assert!(
+        del.contains(r#"SELECT * FROM (SELECT "id", "patient_id", "clinic_id" FROM "pgward_w")"#),
+        "{del}"
+    );
+}
+
+#[test]
+fn inserts_keep_only_rows_inside_the_filter() {
+    let out =
+        write_ok("INSERT INTO visits (id, patient_id, clinic_id) VALUES (1, 3, 1), (2, 3, 2)");
+    assert_eq!(
+        out,
+        r#"INSERT INTO "public"."visits" AS "pgward_t" ("id", "patient_id", "clinic_id") SELECT * FROM (VALUES (1, 3, 1), (2, 3, 2)) AS "pgward_v" ("id", "patient_id", "clinic_id") WHERE (clinic_id = '1')"#
+    );
+    let copy = write_ok("INSERT INTO visits (id, patient_id, clinic_id) SELECT id + 100, id, clinic_id FROM patients ON CONFLICT DO NOTHING");
+    assert!(
+        copy.contains(r#"FROM "public"."patients" WHERE (clinic_id = '1')) AS "patients""#),
+        "{copy}"
+    );
+    assert!(copy.ends_with("ON CONFLICT DO NOTHING"), "{copy}");
+}
+
+#[test]
+fn writes_that_could_leak_or_escape_the_filter_are_refused() {
+    for (sql, reason) in [
+        (
+            "UPDATE visits SET notes = 'x'",
+            "writing column public.visits.notes",
+        ),
+        (
+            "INSERT INTO visits VALUES (1, 3, 1, 'n')",
+            "without a column list",
+        ),
+        (
+            "INSERT INTO visits (id, notes) VALUES (1, 'n')",
+            "writing column public.visits.notes",
+        ),
+        (
+            "UPDATE patients SET clinic_id = 2",
+            "the role's row filter reads it",
+        ),
+        ("UPDATE patients SET phone = pgward_t.ssn", "reserved"),
+        (
+            "DELETE FROM patients USING patients AS PGWARD_T",
+            "reserved",
+        ),
+        ("UPDATE secrets SET v = 'x'", "relation \"secrets\""),
+        (
+            "DELETE FROM pg_catalog.pg_class",
+            "only tables the role's policy lists",
+        ),
+        (
+            "INSERT INTO visits (id) VALUES (1) ON CONFLICT (id) DO UPDATE SET clinic_id = 2",
+            "ON CONFLICT DO UPDATE",
+        ),
+        (
+            "MERGE INTO visits t USING visits s ON t.id = s.id WHEN MATCHED THEN DELETE",
+            "MERGE",
+        ),
+        ("COPY visits FROM STDIN", "COPY … FROM"),
+        ("INSERT INTO patients DEFAULT VALUES", "DEFAULT VALUES"),
+        (
+            "UPDATE patients SET phone = ssn FROM secrets",
+            "relation \"secrets\"",
+        ),
+    ] {
+        let message = write_refused(sql);
+        assert!(message.contains(reason), "{sql}: {message}");
+    }
+}

@@ -115,10 +115,24 @@ pub(crate) fn rewrite_query(
     Ok(())
 }
 
-/// Checks expressions outside any query (EXECUTE's parameters, say).
-pub(crate) fn check_exprs(
+/// What a table name in a statement (not a query) refers to.
+pub(crate) fn resolve(enf: &Enforcer, name: &ObjectName) -> Result<Resolved, Refusal> {
+    let mut uses = Uses::default();
+    let walker = Walker {
+        enf,
+        ctes: &[],
+        stash: Vec::new(),
+        pending_relations: 0,
+        uses: &mut uses,
+    };
+    walker.resolve(name)
+}
+
+/// Rewrites any part of a statement outside a query — EXECUTE's
+/// parameters, an UPDATE's SET list or FROM items — as reads.
+pub(crate) fn rewrite_part<T: VisitMut>(
     enf: &Enforcer,
-    exprs: &mut [Expr],
+    node: &mut T,
     uses: &mut Uses,
 ) -> Result<(), Refusal> {
     let mut walker = Walker {
@@ -128,10 +142,7 @@ pub(crate) fn check_exprs(
         pending_relations: 0,
         uses,
     };
-    for e in exprs {
-        walker.run(e)?;
-    }
-    Ok(())
+    walker.run(node)
 }
 
 fn check_set_expr(enf: &Enforcer, body: &SetExpr) -> Result<(), Refusal> {
@@ -162,7 +173,7 @@ struct Walker<'a> {
     uses: &'a mut Uses,
 }
 
-enum Resolved {
+pub(crate) enum Resolved {
     Cte,
     Catalog(String, String),
     Protected(TableName),
@@ -388,7 +399,9 @@ impl Walker<'_> {
                     .ok_or_else(|| self.enf.not_listed(&table.to_string()))?;
                 let template = protected
                     .template
-                    .clone()
+                    .as_ref()
+                    .map(|c| c.query.clone())
+                    .map_err(Clone::clone)
                     .map_err(|e| self.enf.refuse_with(&format!("reading {table}"), &e))?;
                 self.uses.carries_key |= protected.carries_key;
                 let alias = alias.take().unwrap_or_else(|| TableAlias {

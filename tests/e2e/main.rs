@@ -10,6 +10,7 @@ mod cancel;
 mod clients;
 mod demo;
 mod masked_use;
+mod masked_writes;
 mod masks;
 mod policy_cli;
 mod relay;
