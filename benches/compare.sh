@@ -6,7 +6,10 @@
 # Starts a throwaway PostgreSQL cluster, PgBouncer and pgward on loopback in a
 # temporary directory, runs pgbench (-S, simple and prepared, 1 and 16
 # clients), a ~100 MB COPY out, and measures pgward's memory per idle client
-# session. Every client uses TLS (sslmode=require) against every target.
+# session. pgbench also runs through pgward as a restricted role (every
+# statement analyzed and rewritten; pgbench_accounts behind a masked,
+# row-filtered subquery) to price the policy engine against an unrestricted
+# role. Every client uses TLS (sslmode=require) against every target.
 # Everything started here is stopped and deleted on exit.
 #
 # Environment:
@@ -146,6 +149,25 @@ log "pgward init"
 CERTS=$TMP/pgward/certs
 echo "$BENCH_PW" | "$PGWARD" user add bench --role dba --password-stdin \
   --config "$TMP/pgward/pgward.yaml" >/dev/null
+# The restricted role: the filter keeps every row (so both roles do the same
+# work), but PostgreSQL still evaluates it and the mask for each statement.
+cat >"$TMP/pgward/policies/masked.yaml" <<EOF
+roles:
+  masked:
+    upstream: { user: postgres, password: "$PW" }
+    databases: [postgres]
+    statements: [read]
+    tables:
+      public.pgbench_accounts:
+        columns:
+          filler: { mask: redact }
+        rows: "bid <= {{ user.max_branch }}"
+      public.pgbench_branches: {}
+      public.pgbench_tellers: {}
+      public.pgbench_history: {}
+EOF
+echo "$BENCH_PW" | "$PGWARD" user add masked --role masked --attr max_branch=1000000 \
+  --password-stdin --config "$TMP/pgward/pgward.yaml" >/dev/null
 
 # ---------------------------------------------------------------- PostgreSQL
 log "initdb ($PGBIN), port $PG_PORT"
@@ -231,6 +253,8 @@ CONN[pgward]="host=127.0.0.1 port=$PGWARD_PORT user=bench dbname=postgres sslmod
 PASS[direct]=$PW
 PASS[pgbouncer]=$PW
 PASS[pgward]=$BENCH_PW
+CONN[masked]="host=127.0.0.1 port=$PGWARD_PORT user=masked dbname=postgres sslmode=require"
+PASS[masked]=$BENCH_PW
 
 for t in "${TARGETS[@]}"; do
   ssl=$(PGPASSWORD=${PASS[$t]} timeout 30 psql "${CONN[$t]}" -XAtqc "select ssl from pg_stat_ssl where pid = pg_backend_pid()" 2>&1) ||
@@ -246,7 +270,7 @@ PGPASSWORD=$PW timeout 600 pgbench -i -q -s "$SCALE" "${CONN[direct]}" >"$TMP/pg
 # ---------------------------------------------------------------- pgbench
 declare -A TPS LAT
 MODES=("simple 1" "simple 16" "prepared 1" "prepared 16")
-for t in "${TARGETS[@]}"; do
+for t in "${TARGETS[@]}" masked; do
   for m in "${MODES[@]}"; do
     read -r mode clients <<<"$m"
     jobs=$((clients > 1 ? 2 : 1))
@@ -330,4 +354,12 @@ done
 printf '%-22s  %-24s  %-24s  %-24s  %-13s  %s\n' "copy $COPY_MB MB out" \
   "${MBS[direct]} MB/s" "${MBS[pgbouncer]} MB/s" "${MBS[pgward]} MB/s" \
   "$(ratio "${MBS[pgward]}" "${MBS[direct]}")" "$(ratio "${MBS[pgward]}" "${MBS[pgbouncer]}")"
+echo
+echo "restricted role through pgward (every statement analyzed, rewritten; masked, row-filtered pgbench_accounts)"
+printf '%-22s  %-24s  %-24s  %s\n' workload "pgward unrestricted" "pgward masked" masked/unrestricted
+for m in "${MODES[@]}"; do
+  read -r mode clients <<<"$m"
+  printf '%-22s  %-24s  %-24s  %s\n' "select $mode -c $clients" \
+    "$(cell pgward "$m")" "$(cell masked "$m")" "$(ratio "${TPS[masked,$m]}" "${TPS[pgward,$m]}")"
+done
 echo "idle client memory (pgward): $PER_SESSION KiB per session ($IDLE_N sessions; pgward RSS $RSS_BEFORE -> $RSS_AFTER KiB, $RSS_CLOSED KiB after they closed)"
