@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use pgward::guard::cache::AnalysisCache;
+use pgward::guard::literals;
 use pgward::policy::{Role, RoleName};
 use pgward::sql::schema::Schema;
 use pgward::sql::Enforcer;
@@ -142,5 +143,24 @@ fn rewrite(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, rewrite);
+/// What a session does for a simple-protocol point select with a new
+/// constant each time: shape it, find the shape's rewrite, fill it back.
+fn shaped(c: &mut Criterion) {
+    let enforcer = enforcer();
+    let cache = AnalysisCache::new(64 << 20);
+    let scope = "shape|38:1|analyst|clinic|1|{}|";
+    let mut aid = 0u32;
+    c.bench_function("point_select/shaped_new_constant", |b| {
+        b.iter(|| {
+            aid = aid.wrapping_add(7919) % 1_000_000;
+            let sql = format!("SELECT abalance FROM pgbench_accounts WHERE aid = {aid};");
+            let (shape, lits) = literals::normalize(&sql).expect("shape");
+            let d = cache.decide(scope, &shape, || enforcer.rewrite(&shape));
+            let rewritten = d.as_ref().as_ref().expect("allowed");
+            literals::fill(&rewritten.sql, &lits).expect("filled")
+        })
+    });
+}
+
+criterion_group!(benches, rewrite, shaped);
 criterion_main!(benches);

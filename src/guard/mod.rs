@@ -12,6 +12,7 @@
 
 pub mod cache;
 pub mod errors;
+pub mod literals;
 pub mod schema_cache;
 
 use std::collections::BTreeMap;
@@ -21,7 +22,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use rand::Rng;
 
 use crate::policy::Role;
-use crate::sql::{Enforcer, Refusal};
+use crate::sql::{Enforcer, Refusal, Rewritten};
 use cache::{AnalysisCache, Decision};
 use schema_cache::{SchemaCache, Source};
 
@@ -47,6 +48,8 @@ pub struct Guard {
     policy_generation: u64,
     enforcer: Arc<Enforcer>,
     scope_key: String,
+    /// [`Guard::scope_key`] for statement shapes (see [`literals`]).
+    shape_key: String,
     nonce: String,
     next_marker: u64,
 }
@@ -83,11 +86,17 @@ impl Guard {
             policy_generation,
             enforcer,
             scope_key: String::new(),
+            shape_key: String::new(),
             nonce,
             next_marker: 0,
         };
-        guard.scope_key = guard.make_scope_key();
+        guard.set_keys();
         Ok(guard)
+    }
+
+    fn set_keys(&mut self) {
+        self.scope_key = self.make_scope_key();
+        self.shape_key = format!("shape|{}", self.scope_key);
     }
 
     fn make_scope_key(&self) -> String {
@@ -117,7 +126,7 @@ impl Guard {
                 &schema,
                 &self.ctx.hash_key,
             ));
-            self.scope_key = self.make_scope_key();
+            self.set_keys();
         }
     }
 
@@ -125,6 +134,22 @@ impl Guard {
     pub fn decide(&mut self, sql: &str) -> Decision {
         self.refresh();
         let enforcer = &self.enforcer;
+        if let Some((shape, literals)) = literals::normalize(sql) {
+            let decision = self
+                .ctx
+                .analysis
+                .decide(&self.shape_key, &shape, || enforcer.rewrite(&shape));
+            // A refused shape falls through: the text itself decides.
+            if let Ok(r) = decision.as_ref() {
+                if let Some(sql) = literals::fill(&r.sql, &literals) {
+                    return Arc::new(Ok(Rewritten {
+                        sql,
+                        tables: r.tables.clone(),
+                        kinds: r.kinds.clone(),
+                    }));
+                }
+            }
+        }
         self.ctx
             .analysis
             .decide(&self.scope_key, sql, || enforcer.rewrite(sql))
