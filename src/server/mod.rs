@@ -1,12 +1,14 @@
 //! The running proxy: listener, signals, reload, graceful shutdown.
 //!
-//! * SIGHUP reloads `pgward.yaml`, the policies and the TLS certificate. A
-//!   reload that fails validation is logged and the running settings stay.
+//! * SIGHUP reloads `pgward.yaml`, the policies and the TLS certificate, and
+//!   so does a change to `pgward.yaml` or a policy file (checked every 2 s).
+//!   A reload that fails validation is logged and the running settings stay.
 //!   New sessions use the new settings; running sessions keep theirs.
 //! * SIGTERM or SIGINT stops accepting, lets running sessions finish for up
 //!   to `sessions.shutdown_grace`, then ends the rest with a FATAL.
 
 mod admin_http;
+mod file_watch;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -168,6 +170,9 @@ pub async fn serve(
     let startups = StartupLimiter::default();
     let mut stop = StopSignal::new(stop)?;
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let mut watcher = file_watch::Watcher::default();
+    let mut watch_tick = tokio::time::interval(Duration::from_secs(2));
+    watch_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -191,6 +196,13 @@ pub async fn serve(
                 tokio::spawn(session::run(Arc::clone(&ctx), tcp, peer, slot, starting));
             }
             _ = hangup.recv() => reload(&ctx, &config_path),
+            _ = watch_tick.tick() => {
+                let policies = ctx.runtime.load().config.policies.clone();
+                if watcher.changed(&config_path, &policies) {
+                    tracing::info!("configuration files changed");
+                    reload(&ctx, &config_path);
+                }
+            }
             _ = stop.wait() => break,
         }
     }

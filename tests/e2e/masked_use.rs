@@ -213,3 +213,31 @@ async fn extended_protocol_describes_masked_columns_and_recovers_from_refusals()
         direct("SELECT count(*) FROM visits WHERE clinic_id = 1").trim_end()
     );
 }
+
+#[test]
+fn an_edited_policy_file_applies_to_new_sessions_without_a_signal() {
+    let proxy = analyst_proxy();
+    let ann = conninfo(&proxy, "ann");
+    let phone = "SELECT phone FROM patients WHERE id = 3";
+    let real = direct(phone);
+    assert_eq!(through(&ann, phone), real.trim_end());
+
+    let file = proxy.dir.path().join("policies/extra.yaml");
+    let masked = crate::restricted::ANALYST.replace(
+        "dob:   { mask: year }",
+        "dob:   { mask: year }\n          phone: { mask: redact }",
+    );
+    assert_ne!(masked, crate::restricted::ANALYST);
+    std::fs::write(&file, masked).expect("edit policy");
+    crate::harness::eventually(std::time::Duration::from_secs(10), "file reload", || {
+        through(&ann, phone) != real.trim_end()
+    });
+
+    // A broken edit is reported and the working policy stays.
+    std::fs::write(&file, "roles: [this is not a policy").expect("break policy");
+    crate::harness::eventually(std::time::Duration::from_secs(10), "failed reload", || {
+        proxy.log().contains("reload failed")
+    });
+    assert_ne!(through(&ann, phone), real.trim_end());
+    assert_eq!(through(&ann, "SELECT count(*) FROM patients"), "333");
+}
