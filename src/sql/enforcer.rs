@@ -40,6 +40,8 @@ pub(crate) struct Compiled {
     pub columns: Vec<String>,
     /// Columns the role may not see (nor write).
     pub denied: HashSet<String>,
+    /// Columns visible as they are (neither masked nor denied).
+    pub plain: HashSet<String>,
 }
 
 /// Everything the rewriter needs to decide for one session.
@@ -142,10 +144,14 @@ fn compile(
         })?;
         let mut columns = Vec::new();
         let mut denied = HashSet::new();
+        let mut plain = HashSet::new();
         for column in &relation.columns {
             let quoted = quote_ident(&column.name);
             match policy.rule(&column.name) {
-                ColumnRule::Allow => columns.push(quoted),
+                ColumnRule::Allow => {
+                    plain.insert(column.name.clone());
+                    columns.push(quoted);
+                }
                 ColumnRule::Deny => {
                     denied.insert(column.name.clone());
                 }
@@ -206,6 +212,7 @@ fn compile(
             filter_columns,
             columns: relation.columns.iter().map(|c| c.name.clone()).collect(),
             denied,
+            plain,
         })
     })();
     Protected {

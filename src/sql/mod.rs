@@ -12,6 +12,7 @@
 pub mod catalog;
 mod enforcer;
 pub mod functions;
+mod inline;
 pub mod parse;
 pub mod schema;
 pub mod settings;

@@ -451,7 +451,7 @@ fn inserts_keep_only_rows_inside_the_filter() {
     );
     let copy = write_ok("INSERT INTO visits (id, patient_id, clinic_id) SELECT id + 100, id, clinic_id FROM patients ON CONFLICT DO NOTHING");
     assert!(
-        copy.contains(r#"FROM "public"."patients" WHERE (clinic_id = '1')) AS "patients""#),
+        copy.contains(r#"FROM "public"."patients" AS "patients" WHERE (clinic_id = '1'))"#),
         "{copy}"
     );
     assert!(copy.ends_with("ON CONFLICT DO NOTHING"), "{copy}");
@@ -503,5 +503,47 @@ fn writes_that_could_leak_or_escape_the_filter_are_refused() {
     ] {
         let message = write_refused(sql);
         assert!(message.contains(reason), "{sql}: {message}");
+    }
+}
+
+#[test]
+fn plain_column_reads_of_one_table_get_the_table_with_its_filter() {
+    assert_eq!(
+        ok("SELECT id, phone FROM patients WHERE id = 3"),
+        r#"SELECT id, phone FROM "public"."patients" AS "patients" WHERE (clinic_id = '1') AND (id = 3)"#
+    );
+    assert_eq!(
+        ok("SELECT count(*) FROM patients p"),
+        r#"SELECT "pg_catalog"."count"(*) FROM "public"."patients" p WHERE (clinic_id = '1')"#
+    );
+    assert!(
+        ok("SELECT p.id FROM patients p ORDER BY p.clinic_id LIMIT 1")
+            .contains(r#"FROM "public"."patients" p WHERE (clinic_id = '1') ORDER BY"#)
+    );
+    // Anything that could reach a masked or denied column keeps the subquery.
+    for sql in [
+        "SELECT * FROM patients",
+        "SELECT ssn FROM patients",
+        "SELECT id FROM patients WHERE ssn = 'x'",
+        "SELECT id FROM patients ORDER BY name",
+        "SELECT p FROM patients p",
+        "SELECT row_to_json(p.*) FROM patients p",
+        "SELECT count(p.*) FROM patients p",
+        "SELECT ARRAY[p.*] FROM patients p",
+        "SELECT row(p.*) FROM patients p",
+        "SELECT to_jsonb(patients) FROM patients",
+        "SELECT id FROM patients GROUP BY patients",
+        "SELECT (p).id FROM patients p",
+        "SELECT p.ssn FROM patients p",
+        "SELECT id FROM patients p WHERE EXISTS (SELECT 1 FROM visits v WHERE v.patient_id = p.id AND p.dob > now())",
+        "SELECT id FROM patients WHERE id IN (SELECT patient_id FROM visits WHERE name LIKE 'x')",
+        "SELECT count(*) FROM patients, visits",
+        "SELECT id FROM patients JOIN visits ON true",
+        "WITH x AS (SELECT 1) SELECT id FROM patients",
+        "SELECT id FROM public.patients.id",
+    ] {
+        if let Ok(r) = enforcer().rewrite(sql) {
+            assert!(patients_subquery(&r.sql), "{sql}\n => {}", r.sql);
+        }
     }
 }

@@ -101,6 +101,7 @@ pub(crate) fn rewrite_query(
         }
     }
     check_set_expr(enf, &q.body)?;
+    let inline = super::inline::candidate(enf, q, &scope);
     let mut walker = Walker {
         enf,
         ctes: &scope,
@@ -112,6 +113,11 @@ pub(crate) fn rewrite_query(
     walker.run(&mut q.order_by)?;
     walker.run(&mut q.limit_clause)?;
     walker.run(&mut q.fetch)?;
+    if let Some(table) = inline {
+        if let Some(Ok(compiled)) = enf.tables.get(&table).map(|p| p.template.as_ref()) {
+            super::inline::apply(q, compiled);
+        }
+    }
     Ok(())
 }
 

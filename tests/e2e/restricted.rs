@@ -282,6 +282,15 @@ const ATTACKS: &[&str] = &[
     "SELECT phone::int FROM patients",
     "SELECT 1 / (clinic_id - 2) FROM patients",
     "SELECT ssn::int FROM patients WHERE clinic_id = 2",
+    // the plain-column shortcut (table + filter instead of the subquery)
+    "SELECT id, phone FROM patients WHERE clinic_id = 2 OR true",
+    "SELECT id, phone FROM patients WHERE true) OR (true",
+    "SELECT phone FROM patients GROUP BY phone HAVING true OR count(*) > 0",
+    "SELECT phone FROM patients UNION ALL SELECT phone FROM patients WHERE true OR true",
+    "SELECT id FROM patients p WHERE (SELECT p.ssn) LIKE '%'",
+    "SELECT phone, (SELECT max(ssn) FROM patients) FROM patients",
+    "SELECT phone FROM patients p, LATERAL (SELECT p.ssn) x",
+    "SELECT phone FROM patients ORDER BY id LIMIT 1 OFFSET 400",
     // inference through WHERE / LIKE
     "SELECT * FROM patients WHERE clinic_id = 2",
     "SELECT * FROM patients WHERE clinic_id = 2 OR true",
