@@ -547,3 +547,24 @@ fn plain_column_reads_of_one_table_get_the_table_with_its_filter() {
         }
     }
 }
+
+#[test]
+fn deep_nesting_is_refused_or_rewritten_never_a_crash() {
+    // Test threads have the same 2 MiB stack as tokio's workers.
+    for depth in [10, 50, 150, 199, 250, 5000] {
+        let parens = format!(
+            "SELECT {}id{} FROM patients",
+            "(".repeat(depth),
+            ")".repeat(depth)
+        );
+        let _ = enforcer().rewrite(&parens);
+        let subqueries = format!(
+            "{}SELECT id FROM patients{}",
+            "SELECT * FROM (".repeat(depth.min(400)),
+            ") s".repeat(depth.min(400))
+        );
+        let _ = enforcer().rewrite(&subqueries);
+        let calls = format!("SELECT {}1{}", "abs(".repeat(depth), ")".repeat(depth));
+        let _ = enforcer().rewrite(&calls);
+    }
+}

@@ -63,7 +63,10 @@ fn writes_stay_inside_the_filter_and_never_read_raw_values() {
 
     // Copying a masked column into a visible one copies the masked value.
     let real = direct("SELECT ssn FROM patients WHERE id = 3");
-    assert_eq!(sql("UPDATE patients SET phone = ssn WHERE id = 3"), "UPDATE 1");
+    assert_eq!(
+        sql("UPDATE patients SET phone = ssn WHERE id = 3"),
+        "UPDATE 1"
+    );
     let phone = direct("SELECT phone FROM patients WHERE id = 3");
     assert_eq!(phone, format!("*******{}", &real[7..]));
     assert_eq!(
