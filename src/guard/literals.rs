@@ -161,8 +161,11 @@ pub fn fill(rewritten: &str, literals: &[&str]) -> Option<String> {
     let mut out = String::with_capacity(rewritten.len() + extra);
     let mut copied = 0;
     let mut i = 0;
+    let mut used = vec![false; literals.len()];
     while i < b.len() {
         match b[i] {
+            // E'…' (backslash escapes) is not read by this scanner.
+            b'\'' if i > 0 && is_ident(b[i - 1]) => return None,
             b'\'' => i = skip_quoted(b, i, b'\'')?,
             b'"' => i = skip_quoted(b, i, b'"')?,
             b'$' => {
@@ -173,7 +176,12 @@ pub fn fill(rewritten: &str, literals: &[&str]) -> Option<String> {
                     i += 1;
                 }
                 let n: usize = rewritten[digits..i].parse().ok()?;
-                let literal = literals.get(n.checked_sub(1)?)?;
+                let index = n.checked_sub(1)?;
+                let literal = literals.get(index)?;
+                // Each placeholder exactly once, as the analyzer saw it.
+                if std::mem::replace(used.get_mut(index)?, true) {
+                    return None;
+                }
                 out.push_str(&rewritten[copied..start]);
                 out.push_str(literal);
                 copied = i;
@@ -185,6 +193,9 @@ pub fn fill(rewritten: &str, literals: &[&str]) -> Option<String> {
             }
             _ => i += 1,
         }
+    }
+    if used.iter().any(|u| !u) {
+        return None;
     }
     out.push_str(&rewritten[copied..]);
     Some(out)
@@ -251,5 +262,9 @@ mod tests {
         assert!(fill("SELECT $3", &["1"]).is_none());
         assert!(fill("SELECT $0", &["1"]).is_none());
         assert!(fill("SELECT $x", &["1"]).is_none());
+        assert!(fill("SELECT $1, $1", &["1"]).is_none());
+        assert!(fill("SELECT $1", &["1", "2"]).is_none());
+        // A policy's E'' string could hide a `$1` behind `\'`.
+        assert!(fill("SELECT E'\\\'$1', $1", &["1"]).is_none());
     }
 }

@@ -263,6 +263,8 @@ fn upstream_params(
         let path: Vec<String> = path.iter().map(|s| format!("\"{s}\"")).collect();
         params.push(("search_path".to_string(), path.join(", ")));
         params.push(("standard_conforming_strings".to_string(), "on".to_string()));
+        // See sql::settings: the client's own encoding is not forwarded.
+        params.push(("client_encoding".to_string(), "UTF8".to_string()));
     } else if let Some(options) = &login.forwarded_options {
         params.push(("options".to_string(), options.clone()));
     }

@@ -6,10 +6,10 @@
 //! PostgreSQL would flatten the subquery into exactly this anyway, but it
 //! parses and plans the longer text on every simple-protocol execution;
 //! for a point select that is a fifth of the database's work. The shortcut
-//! is taken only when nothing in the whole query — nested queries
-//! included — could reach a masked or denied column: no wildcard, no
-//! whole-row reference (the table's name or alias used as a value), and
-//! every identifier that names a column of the table names a plain one.
+//! is taken only when nothing in the query could reach anything but plain
+//! columns: no nested query, no wildcard, and every identifier is a plain
+//! column, bare or as `alias.column` (so no whole-row reference, no
+//! `alias.f` attribute-notation call, no system column), in ASCII.
 
 use std::ops::ControlFlow;
 
@@ -64,7 +64,7 @@ pub(crate) fn candidate(enf: &Enforcer, q: &Query, ctes: &[String]) -> Option<Ta
     let mut scan = Scan {
         compiled,
         alias: &alias,
-        table: &table.table,
+        queries: 0,
     };
     match q.visit(&mut scan) {
         ControlFlow::Continue(()) => Some(table),
@@ -75,20 +75,30 @@ pub(crate) fn candidate(enf: &Enforcer, q: &Query, ctes: &[String]) -> Option<Ta
 struct Scan<'a> {
     compiled: &'a Compiled,
     alias: &'a str,
-    table: &'a str,
+    queries: usize,
 }
 
 impl Scan<'_> {
-    fn name_ok(&self, name: &str) -> bool {
-        if name == self.alias || name == self.table {
-            return false;
-        }
-        !self.compiled.columns.iter().any(|c| c == name) || self.compiled.plain.contains(name)
+    /// Only the table's plain columns, by ASCII names (a single-byte
+    /// database folds other letters too, so only ASCII is certain).
+    fn plain(&self, i: &sqlparser::ast::Ident) -> bool {
+        i.value.is_ascii() && self.compiled.plain.contains(&fold(i))
     }
 }
 
 impl Visitor for Scan<'_> {
     type Break = ();
+
+    fn pre_visit_query(&mut self, _q: &Query) -> ControlFlow<()> {
+        // The query itself, and no nested one: a correlated subquery could
+        // name the raw table in ways this scan does not follow.
+        self.queries += 1;
+        if self.queries > 1 {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    }
 
     fn pre_visit_select(&mut self, s: &Select) -> ControlFlow<()> {
         let wildcard = s.projection.iter().any(|i| {
@@ -106,13 +116,15 @@ impl Visitor for Scan<'_> {
 
     fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
         let ok = match e {
-            Expr::Identifier(i) => self.name_ok(&fold(i)),
-            Expr::CompoundIdentifier(parts) => {
-                parts.iter().all(|p| self.name_ok(&fold(p)))
-                    || (parts.len() == 2
-                        && fold(&parts[0]) == self.alias
-                        && self.name_ok(&fold(&parts[1])))
-            }
+            Expr::Identifier(i) => self.plain(i),
+            // `alias.column` only: `alias.f` can mean `f(alias)`, a
+            // function over the whole raw row.
+            Expr::CompoundIdentifier(parts) => match parts.as_slice() {
+                [table, column] => {
+                    table.value.is_ascii() && fold(table) == self.alias && self.plain(column)
+                }
+                _ => false,
+            },
             Expr::Wildcard(_) | Expr::QualifiedWildcard(_, _) => false,
             // `row_to_json(p.*)`; a bare `count(*)` is fine.
             Expr::Function(f) => match &f.args {

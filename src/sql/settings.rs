@@ -4,11 +4,13 @@
 //! statements may run. Not here, deliberately: `search_path` (pgward pins
 //! it so names resolve the way the analyzer resolved them),
 //! `standard_conforming_strings` and `backslash_quote` (they change how the
-//! database reads the literals pgward writes), `role` and
+//! database reads the literals pgward writes), `client_encoding` (pinned to
+//! UTF8: in SJIS, BIG5 or GBK a multibyte character can end in a quote or
+//! backslash byte, so the database would split the text differently from
+//! the analyzer; only `UTF8` itself may be set), `role` and
 //! `session_authorization`, and anything that changes planning or logging.
 
 const SAFE: &[&str] = &[
-    "client_encoding",
     "datestyle",
     "intervalstyle",
     "timezone",
@@ -39,6 +41,16 @@ const SAFE: &[&str] = &[
     "cursor_tuple_fraction",
     "row_security",
 ];
+
+/// Whether an encoding name (as written in SET or SET NAMES) is UTF8.
+pub fn is_utf8(value: &str) -> bool {
+    let v: String = value
+        .trim_matches(|c| c == '\'' || c == '"')
+        .chars()
+        .filter(|c| *c != '-' && *c != '_')
+        .collect();
+    v.eq_ignore_ascii_case("utf8") || v.eq_ignore_ascii_case("unicode")
+}
 
 /// Whether `name` (lowercase) may be SET by a restricted role.
 pub fn is_safe(name: &str) -> bool {

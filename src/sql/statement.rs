@@ -183,7 +183,7 @@ impl Enforcer {
                 // Startup values, which pgward chose, are what RESET restores.
                 Reset::ALL => Ok(()),
                 Reset::ConfigurationParameter(name) => {
-                    let name = name.to_string().to_lowercase();
+                    let name = name.to_string().to_ascii_lowercase();
                     if settings::is_safe(&name) {
                         Ok(())
                     } else {
@@ -278,8 +278,14 @@ impl Enforcer {
 
     fn check_set(&self, set: &Set) -> Result<(), Refusal> {
         match set {
-            Set::SingleAssignment { variable, .. } => {
-                let name = variable.to_string().to_lowercase();
+            Set::SingleAssignment {
+                variable, values, ..
+            } => {
+                let name = variable.to_string().to_ascii_lowercase();
+                let utf8 = matches!(values.as_slice(), [v] if settings::is_utf8(&v.to_string()));
+                if name == "client_encoding" && utf8 {
+                    return Ok(());
+                }
                 if settings::is_safe(&name) {
                     Ok(())
                 } else {
@@ -289,10 +295,17 @@ impl Enforcer {
                     ))
                 }
             }
-            Set::SetTimeZone { .. }
-            | Set::SetNames { .. }
-            | Set::SetNamesDefault {}
-            | Set::SetTransaction { .. } => Ok(()),
+            Set::SetNames {
+                charset_name,
+                collation_name: None,
+            } if settings::is_utf8(&charset_name.value) => Ok(()),
+            Set::SetNames { .. } => Err(self.refuse_with(
+                "SET NAMES to an encoding other than UTF8",
+                "restricted sessions use UTF8 so the database reads statements as pgward analyzed them",
+            )),
+            Set::SetTimeZone { .. } | Set::SetNamesDefault {} | Set::SetTransaction { .. } => {
+                Ok(())
+            }
             Set::SetRole { .. } => Err(self.refuse("SET ROLE")),
             Set::SetSessionAuthorization(_) => Err(self.refuse("SET SESSION AUTHORIZATION")),
             _ => Err(self.refuse("this SET syntax")),

@@ -32,12 +32,14 @@ pub struct Uses {
     pub carries_key: bool,
 }
 
-/// An identifier as PostgreSQL folds it: unquoted names are lowercased.
+/// An identifier as PostgreSQL folds it in a UTF8 database: unquoted names
+/// have their ASCII letters lowercased, and nothing else (`É`, the Kelvin
+/// sign `K` stay as they are).
 pub(crate) fn fold(ident: &Ident) -> String {
     if ident.quote_style.is_some() {
         ident.value.clone()
     } else {
-        ident.value.to_lowercase()
+        ident.value.to_ascii_lowercase()
     }
 }
 

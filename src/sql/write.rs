@@ -13,6 +13,8 @@
 //! * INSERT keeps only new rows that satisfy the row filter.
 //! * RETURNING is evaluated over the masked projection of the changed rows
 //!   (a data-modifying CTE), so the command tag becomes `SELECT n`.
+//! * Subqueries in SET and WHERE are refused: inside one, a denied column
+//!   exists only in the raw target, and PostgreSQL would resolve it there.
 //! * MERGE, `ON CONFLICT DO UPDATE` and COPY FROM are refused.
 
 use std::collections::HashSet;
@@ -90,6 +92,51 @@ impl VisitorMut for Qualify<'_> {
             }
         }
         ControlFlow::Continue(())
+    }
+}
+
+/// Refuses what would still read the raw target: a nested query (inside
+/// it, a denied column exists only in the target and PostgreSQL resolves
+/// it there), and — when the statement has no other FROM items — any bare
+/// name that is not one of the target's known columns.
+struct Scope<'a> {
+    columns: &'a [String],
+    strict: bool,
+    problem: Option<&'static str>,
+}
+
+impl Visitor for Scope<'_> {
+    type Break = ();
+    fn pre_visit_query(&mut self, _q: &Query) -> ControlFlow<()> {
+        self.problem = Some("subqueries in SET or WHERE of UPDATE and DELETE");
+        ControlFlow::Break(())
+    }
+    fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
+        if let Expr::Identifier(i) = e {
+            if self.strict && !self.columns.contains(&fold(i)) {
+                self.problem = Some("names that are not columns of the table");
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+impl Enforcer {
+    fn check_scope<T: Visit>(&self, node: &T, c: &Compiled, strict: bool) -> Result<(), Refusal> {
+        let mut scope = Scope {
+            columns: &c.columns,
+            strict,
+            problem: None,
+        };
+        let _ = node.visit(&mut scope);
+        match scope.problem {
+            Some(what) => Err(self.refuse_with(
+                what,
+                "in a restricted write they could read the table's raw values",
+            )),
+            None => Ok(()),
+        }
     }
 }
 
@@ -228,6 +275,11 @@ impl Enforcer {
                 ));
             }
         }
+        let strict = !matches!(&u.from, Some(UpdateTableFromKind::AfterSet(f)) if !f.is_empty());
+        for a in &u.assignments {
+            self.check_scope(&a.value, c, strict)?;
+        }
+        self.check_scope(&u.selection, c, strict)?;
         for a in &mut u.assignments {
             qualify(&mut a.value, c, &alias);
         }
@@ -292,6 +344,8 @@ impl Enforcer {
         }
         let (c, table) = self.target(&name)?;
         let alias = alias.map_or_else(|| table.table.clone(), |a| fold(&a.name));
+        let strict = d.using.as_ref().is_none_or(Vec::is_empty);
+        self.check_scope(&d.selection, c, strict)?;
         if let Some(sel) = &mut d.selection {
             qualify(sel, c, &alias);
         }

@@ -241,3 +241,22 @@ fn an_edited_policy_file_applies_to_new_sessions_without_a_signal() {
     assert_ne!(through(&ann, phone), real.trim_end());
     assert_eq!(through(&ann, "SELECT count(*) FROM patients"), "333");
 }
+
+#[test]
+fn a_restricted_session_is_utf8_whatever_the_client_asks() {
+    let proxy = analyst_proxy();
+    let ann = conninfo(&proxy, "ann");
+    let out = std::process::Command::new("psql")
+        .arg(&ann)
+        .args(["-X", "-At", "-c", "SHOW client_encoding"])
+        .env("PGCLIENTENCODING", "SJIS")
+        .output()
+        .expect("psql");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(text.trim(), "UTF8");
+}

@@ -291,6 +291,13 @@ const ATTACKS: &[&str] = &[
     "SELECT phone, (SELECT max(ssn) FROM patients) FROM patients",
     "SELECT phone FROM patients p, LATERAL (SELECT p.ssn) x",
     "SELECT phone FROM patients ORDER BY id LIMIT 1 OFFSET 400",
+    "SELECT p.row_to_json FROM patients p",
+    "SELECT patients.to_jsonb, phone FROM patients",
+    "SELECT \"É\" FROM patients É",
+    "SELECT xmin, ctid, phone FROM patients",
+    // encodings in which a multibyte character can end in a quote byte
+    "SET client_encoding = 'SJIS'",
+    "SET NAMES 'BIG5'",
     // inference through WHERE / LIKE
     "SELECT * FROM patients WHERE clinic_id = 2",
     "SELECT * FROM patients WHERE clinic_id = 2 OR true",
