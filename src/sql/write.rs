@@ -344,7 +344,7 @@ impl Enforcer {
         }
         let (c, table) = self.target(&name)?;
         let alias = alias.map_or_else(|| table.table.clone(), |a| fold(&a.name));
-        let strict = d.using.as_ref().is_none_or(Vec::is_empty);
+        let strict = d.using.as_ref().map_or(true, Vec::is_empty);
         self.check_scope(&d.selection, c, strict)?;
         if let Some(sel) = &mut d.selection {
             qualify(sel, c, &alias);
