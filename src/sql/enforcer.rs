@@ -38,6 +38,8 @@ pub(crate) struct Compiled {
     pub filter_columns: HashSet<String>,
     /// Every column of the table, in order.
     pub columns: Vec<String>,
+    /// Their types, as `format_type()` prints them.
+    pub types: Vec<String>,
     /// Columns the role may not see (nor write).
     pub denied: HashSet<String>,
     /// Columns visible as they are (neither masked nor denied).
@@ -211,6 +213,7 @@ fn compile(
             filter,
             filter_columns,
             columns: relation.columns.iter().map(|c| c.name.clone()).collect(),
+            types: relation.columns.iter().map(|c| c.pg_type.clone()).collect(),
             denied,
             plain,
         })

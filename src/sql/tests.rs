@@ -453,7 +453,7 @@ fn inserts_keep_only_rows_inside_the_filter() {
         write_ok("INSERT INTO visits (id, patient_id, clinic_id) VALUES (1, 3, 1), (2, 3, 2)");
     assert_eq!(
         out,
-        r#"INSERT INTO "public"."visits" AS "pgward_t" ("id", "patient_id", "clinic_id") SELECT * FROM (VALUES (1, 3, 1), (2, 3, 2)) AS "pgward_v" ("id", "patient_id", "clinic_id") WHERE (clinic_id = '1')"#
+        r#"INSERT INTO "public"."visits" AS "pgward_t" ("id", "patient_id", "clinic_id") SELECT * FROM (SELECT CAST("id" AS INTEGER) AS "id", CAST("patient_id" AS INTEGER) AS "patient_id", CAST("clinic_id" AS INTEGER) AS "clinic_id" FROM (VALUES (1, 3, 1), (2, 3, 2)) AS "pgward_s" ("id", "patient_id", "clinic_id")) AS "pgward_v" WHERE (clinic_id = '1')"#
     );
     let copy = write_ok("INSERT INTO visits (id, patient_id, clinic_id) SELECT id + 100, id, clinic_id FROM patients ON CONFLICT DO NOTHING");
     assert!(

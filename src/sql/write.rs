@@ -10,7 +10,8 @@
 //!
 //! * Denied columns cannot be written; columns the row filter reads cannot
 //!   be changed (a row must not be moved out of the person's reach).
-//! * INSERT keeps only new rows that satisfy the row filter.
+//! * INSERT keeps only new rows that satisfy the row filter, judged on the
+//!   values cast to the columns' types.
 //! * RETURNING is evaluated over the masked projection of the changed rows
 //!   (a data-modifying CTE), so the command tag becomes `SELECT n`.
 //! * Subqueries in SET and WHERE are refused: inside one, a denied column
@@ -443,9 +444,21 @@ impl Enforcer {
         let quoted: Vec<String> = columns.iter().map(|col| q(col)).collect();
         let cols = quoted.join(", ");
         let rows = match &c.filter {
-            // Only rows inside the filter are inserted.
+            // Only rows inside the filter are inserted, judged on the values
+            // as the columns will store them (9.6 into an integer is 10).
             Some(filter) => {
-                format!("SELECT * FROM ({source}) AS \"pgward_v\" ({cols}) WHERE ({filter})")
+                let mut casts = Vec::with_capacity(columns.len());
+                for (col, quoted) in columns.iter().zip(&quoted) {
+                    let at = c.columns.iter().position(|x| x == col);
+                    let ty = at
+                        .and_then(|i| c.types.get(i))
+                        .ok_or_else(|| self.refuse(&format!("writing column {table}.{col}")))?;
+                    casts.push(format!("CAST({quoted} AS {ty}) AS {quoted}"));
+                }
+                format!(
+                    "SELECT * FROM (SELECT {} FROM ({source}) AS \"pgward_s\" ({cols})) AS \"pgward_v\" WHERE ({filter})",
+                    casts.join(", ")
+                )
             }
             None => source.to_string(),
         };

@@ -96,6 +96,15 @@ fn writes_stay_inside_the_filter_and_never_read_raw_values() {
         direct("SELECT string_agg(id::text, ',') FROM visits WHERE id > 90000"),
         "90001"
     );
+    // The filter judges the value as stored: 1.4 is clinic 1, 1.6 is clinic 2.
+    sql(
+        "INSERT INTO visits (id, patient_id, clinic_id, visited_at, reason)
+         VALUES (90005, 3, 1.4, now(), 'rounds to 1'), (90006, 3, 1.6, now(), 'rounds to 2')",
+    );
+    assert_eq!(
+        direct("SELECT string_agg(id::text, ',') FROM visits WHERE id > 90004"),
+        "90005"
+    );
 
     // RETURNING shows what the person may see.
     let out =
