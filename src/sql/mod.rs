@@ -13,6 +13,7 @@ pub mod catalog;
 mod enforcer;
 pub mod functions;
 mod inline;
+mod merge;
 pub mod parse;
 pub mod schema;
 pub mod settings;

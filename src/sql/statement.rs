@@ -246,7 +246,10 @@ impl Enforcer {
             Statement::NOTIFY { .. } => {
                 Err(self.refuse_with("NOTIFY", "it sends data to other sessions"))
             }
-            Statement::Insert(_) | Statement::Update(_) | Statement::Delete(_) => {
+            Statement::Insert(_)
+            | Statement::Update(_)
+            | Statement::Delete(_)
+            | Statement::Merge(_) => {
                 self.need_write()?;
                 if s.to_string().to_lowercase().contains("pgward_") {
                     return Err(self.refuse_with(
@@ -258,6 +261,7 @@ impl Enforcer {
                     Statement::Insert(i) => self.rewrite_insert(i, uses)?,
                     Statement::Update(u) => self.rewrite_update(u, uses)?,
                     Statement::Delete(d) => self.rewrite_delete(d, uses)?,
+                    Statement::Merge(m) => self.rewrite_merge(m, uses)?,
                     _ => return Err(self.refuse(&kind(s))),
                 };
                 match parse(&text).map(|mut v| (v.len(), v.pop())) {
@@ -267,10 +271,6 @@ impl Enforcer {
                     }
                     _ => Err(self.refuse("a statement pgward cannot re-serialize faithfully")),
                 }
-            }
-            Statement::Merge(_) => {
-                self.need_write()?;
-                Err(self.refuse_with("MERGE", "use INSERT, UPDATE or DELETE"))
             }
             other => Err(self.refuse(&kind(other))),
         }

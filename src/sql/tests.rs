@@ -496,10 +496,6 @@ fn writes_that_could_leak_or_escape_the_filter_are_refused() {
             "INSERT INTO visits (id) VALUES (1) ON CONFLICT (id) DO UPDATE SET clinic_id = 2",
             "ON CONFLICT DO UPDATE",
         ),
-        (
-            "MERGE INTO visits t USING visits s ON t.id = s.id WHEN MATCHED THEN DELETE",
-            "MERGE",
-        ),
         ("COPY visits FROM STDIN", "COPY … FROM"),
         ("INSERT INTO patients DEFAULT VALUES", "DEFAULT VALUES"),
         (
@@ -577,5 +573,121 @@ fn deep_nesting_is_refused_or_rewritten_never_a_crash() {
         let _ = enforcer().rewrite(&subqueries);
         let calls = format!("SELECT {}1{}", "abs(".repeat(depth), ")".repeat(depth));
         let _ = enforcer().rewrite(&calls);
+    }
+}
+
+#[test]
+fn merge_matches_only_masked_filtered_rows_and_inserts_only_inside_the_filter() {
+    let out = write_ok(
+        "MERGE INTO patients p USING (VALUES (3, '123-45-6789')) AS s (id, x) ON p.ssn = s.x \
+         WHEN MATCHED AND email LIKE '%@%' THEN UPDATE SET phone = ssn \
+         WHEN NOT MATCHED THEN INSERT (id, clinic_id, phone) VALUES (s.id, 1, x)",
+    );
+    // The person's ON joins the source to the masked, filtered rows; the
+    // target itself is matched only by row identity.
+    assert!(
+        out.starts_with(
+            r#"MERGE INTO "public"."patients" AS "pgward_t" USING ((VALUES (3, '123-45-6789')) AS s (id, x) LEFT JOIN (SELECT"#
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains(r#"WHERE (clinic_id = '1')) AS "p" ON (p.ssn = s.x)"#),
+        "{out}"
+    );
+    assert!(
+        out.contains(r#") ON "pgward_t".tableoid = "p"."pgward_tableoid" AND "pgward_t".ctid = "p"."pgward_ctid" "#),
+        "{out}"
+    );
+    // MATCHED reads masked values by bare name.
+    assert!(
+        out.contains(r#"WHEN MATCHED AND ("p".email LIKE '%@%') THEN UPDATE SET phone = "p".ssn"#),
+        "{out}"
+    );
+    // NOT MATCHED: values computed once, in a LATERAL subquery, and the
+    // row filter judged on them.
+    assert!(
+        out.contains(r#"CROSS JOIN LATERAL (SELECT CASE WHEN "p"."pgward_ctid" IS NULL THEN CAST((s.id) AS INTEGER) END AS "id", "#),
+        "{out}"
+    );
+    assert!(
+        out.contains(r#"CAST(("s".x) AS TEXT) END AS "phone") AS "pgward_v0""#),
+        "{out}"
+    );
+    assert!(
+        out.ends_with(r#"WHEN NOT MATCHED AND (("pgward_v0".clinic_id = '1')) THEN INSERT (id, clinic_id, phone) VALUES ("pgward_v0"."id", "pgward_v0"."clinic_id", "pgward_v0"."phone")"#),
+        "{out}"
+    );
+}
+
+#[test]
+fn merge_names_of_denied_columns_resolve_to_the_masked_row_where_they_do_not_exist() {
+    let out = write_ok(
+        "MERGE INTO visits v USING clinics c ON v.id = c.id \
+         WHEN MATCHED AND notes IS NOT NULL THEN UPDATE SET patient_id = notes",
+    );
+    assert!(
+        out.contains(
+            r#"WHEN MATCHED AND ("v".notes IS NOT NULL) THEN UPDATE SET patient_id = "v".notes"#
+        ),
+        "{out}"
+    );
+    assert!(!out.contains(r#""notes" FROM"#), "{out}");
+}
+
+#[test]
+fn merge_forms_that_could_leak_or_escape_the_filter_are_refused() {
+    for (sql, reason) in [
+        (
+            "MERGE INTO patients p USING clinics c ON p.clinic_id = c.id WHEN MATCHED THEN UPDATE SET clinic_id = 2",
+            "the role's row filter reads it",
+        ),
+        (
+            "MERGE INTO visits v USING clinics c ON v.id = c.id WHEN MATCHED THEN UPDATE SET notes = 'x'",
+            "writing column public.visits.notes",
+        ),
+        (
+            "MERGE INTO visits v USING clinics c ON v.id = c.id WHEN NOT MATCHED THEN INSERT (id, patient_id) VALUES (c.id, 1)",
+            "does not set clinic_id",
+        ),
+        (
+            "MERGE INTO visits v USING clinics c ON v.id = c.id WHEN NOT MATCHED THEN INSERT VALUES (c.id, 1, 1, 'n')",
+            "name the columns",
+        ),
+        (
+            "MERGE INTO patients p USING clinics c ON p.id = (SELECT max(id) FROM patients) WHEN MATCHED THEN DELETE",
+            "subqueries",
+        ),
+        (
+            "MERGE INTO patients p USING clinics c ON p.id = c.id WHEN MATCHED AND EXISTS (SELECT 1 FROM visits) THEN DELETE",
+            "subqueries",
+        ),
+        (
+            "MERGE INTO patients p USING clinics c ON p.id = c.id WHEN MATCHED THEN UPDATE SET phone = (SELECT ssn)",
+            "subqueries",
+        ),
+        (
+            "MERGE INTO patients p USING clinics p ON true WHEN MATCHED THEN DELETE",
+            "named like its target",
+        ),
+        (
+            "MERGE INTO patients p USING clinics c ON p.id = c.id WHEN MATCHED THEN UPDATE SET phone = pgward_t.ssn",
+            "reserved",
+        ),
+        (
+            "MERGE INTO secrets s USING clinics c ON true WHEN MATCHED THEN DELETE",
+            "relation \"secrets\"",
+        ),
+        (
+            "WITH x AS (SELECT 1) MERGE INTO patients p USING x ON true WHEN MATCHED THEN DELETE",
+            "data-modifying",
+        ),
+        (
+            "MERGE INTO patients p USING secrets s ON true WHEN MATCHED THEN DELETE",
+            "relation \"secrets\"",
+        ),
+    ] {
+        let message = write_refused(sql);
+        assert!(message.contains(reason), "{sql}: {message}");
     }
 }

@@ -16,7 +16,8 @@
 //!   (a data-modifying CTE), so the command tag becomes `SELECT n`.
 //! * Subqueries in SET and WHERE are refused: inside one, a denied column
 //!   exists only in the raw target, and PostgreSQL would resolve it there.
-//! * MERGE, `ON CONFLICT DO UPDATE` and COPY FROM are refused.
+//! * `ON CONFLICT DO UPDATE` and COPY FROM are refused; MERGE is built
+//!   the same way in `merge.rs`.
 
 use std::collections::HashSet;
 use std::ops::ControlFlow;
@@ -56,10 +57,10 @@ pub(crate) fn identifiers(e: &Expr) -> HashSet<String> {
     names.0
 }
 
-const TARGET: &str = "pgward_t";
+pub(crate) const TARGET: &str = "pgward_t";
 const CHANGED: &str = "pgward_w";
 
-fn q(name: &str) -> String {
+pub(crate) fn q(name: &str) -> String {
     crate::policy::mask::quote_ident(name)
 }
 
@@ -124,7 +125,12 @@ impl Visitor for Scope<'_> {
 }
 
 impl Enforcer {
-    fn check_scope<T: Visit>(&self, node: &T, c: &Compiled, strict: bool) -> Result<(), Refusal> {
+    pub(crate) fn check_scope<T: Visit>(
+        &self,
+        node: &T,
+        c: &Compiled,
+        strict: bool,
+    ) -> Result<(), Refusal> {
         let mut scope = Scope {
             columns: &c.columns,
             strict,
@@ -141,7 +147,7 @@ impl Enforcer {
     }
 }
 
-fn qualify<T: VisitMut>(node: &mut T, c: &Compiled, alias: &str) {
+pub(crate) fn qualify_to<T: VisitMut>(node: &mut T, c: &Compiled, alias: &str) {
     let mut v = Qualify {
         columns: &c.columns,
         alias,
@@ -160,7 +166,10 @@ fn list<T: ToString>(items: &[T]) -> String {
 
 impl Enforcer {
     /// The listed table a DML statement writes, compiled.
-    fn target(&self, name: &ObjectName) -> Result<(&Compiled, crate::policy::TableName), Refusal> {
+    pub(crate) fn target(
+        &self,
+        name: &ObjectName,
+    ) -> Result<(&Compiled, crate::policy::TableName), Refusal> {
         match resolve(self, name)? {
             Resolved::Protected(table) => {
                 let compiled = self
@@ -179,7 +188,31 @@ impl Enforcer {
         }
     }
 
-    fn writable(&self, c: &Compiled, table: &str, column: &str) -> Result<(), Refusal> {
+    /// A SET target: one writable column the row filter does not read.
+    pub(crate) fn assignable(
+        &self,
+        a: &sqlparser::ast::Assignment,
+        c: &Compiled,
+        table: &str,
+    ) -> Result<(), Refusal> {
+        let AssignmentTarget::ColumnName(col) = &a.target else {
+            return Err(self.refuse("multi-column SET (a, b) = …"));
+        };
+        let [sqlparser::ast::ObjectNamePart::Identifier(col)] = col.0.as_slice() else {
+            return Err(self.refuse("qualified SET targets"));
+        };
+        let col = fold(col);
+        self.writable(c, table, &col)?;
+        if c.filter_columns.contains(&col) {
+            return Err(self.refuse_with(
+                &format!("changing column {table}.{col}"),
+                "the role's row filter reads it",
+            ));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn writable(&self, c: &Compiled, table: &str, column: &str) -> Result<(), Refusal> {
         if !c.columns.iter().any(|col| col == column) || c.denied.contains(column) {
             return Err(self.refuse_with(
                 &format!("writing column {table}.{column}"),
@@ -214,7 +247,7 @@ impl Enforcer {
     }
 
     /// The masked subquery with the row identity the join needs.
-    fn joinable(c: &Compiled) -> String {
+    pub(crate) fn joinable(c: &Compiled) -> String {
         let filter = c
             .filter
             .as_ref()
@@ -226,7 +259,7 @@ impl Enforcer {
         )
     }
 
-    fn same_row(alias: &str) -> String {
+    pub(crate) fn same_row(alias: &str) -> String {
         format!(
             "{t}.tableoid = {a}.\"pgward_tableoid\" AND {t}.ctid = {a}.\"pgward_ctid\"",
             t = q(TARGET),
@@ -261,20 +294,7 @@ impl Enforcer {
         let (c, table) = self.target(&name)?;
         let alias = alias.map_or_else(|| table.table.clone(), |a| fold(&a.name));
         for a in &u.assignments {
-            let AssignmentTarget::ColumnName(col) = &a.target else {
-                return Err(self.refuse("multi-column SET (a, b) = …"));
-            };
-            let [sqlparser::ast::ObjectNamePart::Identifier(col)] = col.0.as_slice() else {
-                return Err(self.refuse("qualified SET targets"));
-            };
-            let col = fold(col);
-            self.writable(c, &table.to_string(), &col)?;
-            if c.filter_columns.contains(&col) {
-                return Err(self.refuse_with(
-                    &format!("changing column {table}.{col}"),
-                    "the role's row filter reads it",
-                ));
-            }
+            self.assignable(a, c, &table.to_string())?;
         }
         let strict = !matches!(&u.from, Some(UpdateTableFromKind::AfterSet(f)) if !f.is_empty());
         for a in &u.assignments {
@@ -282,13 +302,13 @@ impl Enforcer {
         }
         self.check_scope(&u.selection, c, strict)?;
         for a in &mut u.assignments {
-            qualify(&mut a.value, c, &alias);
+            qualify_to(&mut a.value, c, &alias);
         }
         if let Some(sel) = &mut u.selection {
-            qualify(sel, c, &alias);
+            qualify_to(sel, c, &alias);
         }
         if let Some(ret) = &mut u.returning {
-            qualify(ret, c, &alias);
+            qualify_to(ret, c, &alias);
         }
         rewrite_part(self, &mut u.assignments, uses)?;
         let mut from = match u.from.take() {
@@ -348,10 +368,10 @@ impl Enforcer {
         let strict = d.using.as_ref().map_or(true, Vec::is_empty);
         self.check_scope(&d.selection, c, strict)?;
         if let Some(sel) = &mut d.selection {
-            qualify(sel, c, &alias);
+            qualify_to(sel, c, &alias);
         }
         if let Some(ret) = &mut d.returning {
-            qualify(ret, c, &alias);
+            qualify_to(ret, c, &alias);
         }
         let mut using = d.using.take().unwrap_or_default();
         rewrite_part(self, &mut using, uses)?;
@@ -471,7 +491,7 @@ impl Enforcer {
         if let Some(ret) = &mut i.returning {
             // RETURNING names the target's columns; here they come from
             // the masked projection under the table's own name.
-            qualify(ret, c, &alias);
+            qualify_to(ret, c, &alias);
         }
         self.with_returning(dml, i.returning.take(), c, &alias, uses)
     }

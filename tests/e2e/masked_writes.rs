@@ -1,6 +1,6 @@
-//! A restricted role with the `write` class: INSERT, UPDATE and DELETE
-//! reach only rows inside the row filter, read only masked values, and
-//! RETURNING shows masked values — checked on the database directly.
+//! A restricted role with the `write` class: INSERT, UPDATE, DELETE and
+//! MERGE reach only rows inside the row filter, read only masked values,
+//! and RETURNING shows masked values — checked on the database directly.
 
 use std::sync::OnceLock;
 
@@ -47,19 +47,27 @@ fn direct(sql: &str) -> String {
     db().sql("writes", sql).trim_end().to_string()
 }
 
-#[test]
-fn writes_stay_inside_the_filter_and_never_read_raw_values() {
+/// A proxy with the clerk role and cleo (clinic 1) on the `writes` database.
+fn clerk() -> (Proxy, String) {
     writes_db();
     let proxy = Proxy::with(Setup::default().policy(CLERK));
     proxy.add_user_with("cleo", &["clerk"], &["clinic_id=1"]);
     let cleo = proxy
         .conninfo("cleo", PASSWORD)
         .replace("dbname=clinic", "dbname=writes");
-    let sql = |s: &str| {
-        let (ok, out) = run(&cleo, s);
-        assert!(ok, "{s}: {out}");
-        out.trim_end().to_string()
-    };
+    (proxy, cleo)
+}
+
+fn ok_sql(conninfo: &str, s: &str) -> String {
+    let (ok, out) = run(conninfo, s);
+    assert!(ok, "{s}: {out}");
+    out.trim_end().to_string()
+}
+
+#[test]
+fn writes_stay_inside_the_filter_and_never_read_raw_values() {
+    let (_proxy, cleo) = clerk();
+    let sql = |s: &str| ok_sql(&cleo, s);
 
     // Copying a masked column into a visible one copies the masked value.
     let real = direct("SELECT ssn FROM patients WHERE id = 3");
@@ -134,8 +142,9 @@ fn writes_stay_inside_the_filter_and_never_read_raw_values() {
             "column list",
         ),
         (
-            "MERGE INTO visits t USING visits s ON t.id = s.id WHEN MATCHED THEN DELETE",
-            "MERGE",
+            "MERGE INTO visits v USING (VALUES (5)) AS s (id) ON v.id = s.id \
+             WHEN MATCHED THEN UPDATE SET notes = 'x'",
+            "notes",
         ),
     ] {
         let (ok, out) = run(&cleo, attack);
@@ -148,5 +157,111 @@ fn writes_stay_inside_the_filter_and_never_read_raw_values() {
     assert_eq!(
         direct("SELECT count(*) FROM patients WHERE clinic_id = 2 AND id = 3"),
         "0"
+    );
+}
+
+// Patients 9 and 12 and visit 8 are clinic 1's; patient 7 is clinic 2's and
+// visit 4 clinic 3's (see examples/clinic.sql). The other test leaves them be.
+#[test]
+fn merge_stays_inside_the_filter_and_never_reads_raw_values() {
+    let (_proxy, cleo) = clerk();
+    let sql = |s: &str| ok_sql(&cleo, s);
+
+    // ON over a masked column: the real SSN matches nothing.
+    let real = direct("SELECT ssn FROM patients WHERE id = 9");
+    let phone = direct("SELECT phone FROM patients WHERE id = 9");
+    assert_eq!(
+        sql(&format!(
+            "MERGE INTO patients p USING (VALUES (9, '{real}')) AS s (id, x) ON p.ssn = s.x \
+             WHEN MATCHED THEN UPDATE SET phone = 'hit'"
+        )),
+        "MERGE 0"
+    );
+    assert_eq!(direct("SELECT phone FROM patients WHERE id = 9"), phone);
+
+    // Matched rows read masked values.
+    assert_eq!(
+        sql(
+            "MERGE INTO patients p USING (VALUES (9)) AS s (id) ON p.id = s.id \
+             WHEN MATCHED THEN UPDATE SET phone = ssn"
+        ),
+        "MERGE 1"
+    );
+    assert_eq!(
+        direct("SELECT phone FROM patients WHERE id = 9"),
+        format!("*******{}", &real[7..])
+    );
+
+    // Another clinic's row is never matched: not changed, and the source
+    // row goes to WHEN NOT MATCHED, which inserts inside the filter only.
+    let insert = "INSERT (id, clinic_id, name, ssn, email, dob, phone) \
+                  VALUES (s.id + 90000, s.c, 'n', '000-00-0000', 'n@example.org', '2000-01-01', '5')";
+    assert_eq!(
+        sql(&format!(
+            "MERGE INTO patients p USING (VALUES (7, 1), (12, 2)) AS s (id, c) ON p.id = s.id \
+             WHEN MATCHED THEN UPDATE SET phone = 'merged' WHEN NOT MATCHED THEN {insert}"
+        )),
+        "MERGE 2"
+    );
+    assert_eq!(
+        direct("SELECT string_agg(id::text, ',') FROM patients WHERE phone = 'merged'"),
+        "12"
+    );
+    assert_eq!(
+        direct("SELECT string_agg(id || ':' || clinic_id, ',') FROM patients WHERE id > 90000"),
+        "90007:1"
+    );
+    // A row the person cannot see still occupies its key: the database's
+    // unique violation reaches them as SQLSTATE and a generic message.
+    let (ok, out) = run(
+        &cleo,
+        &format!(
+            "MERGE INTO patients p USING (VALUES (-89993, 1)) AS s (id, c) ON p.id = s.id \
+             WHEN NOT MATCHED THEN {insert}"
+        ),
+    );
+    assert!(
+        !ok && out.contains("23505") && !out.contains("(id)"),
+        "{out}"
+    );
+
+    // A volatile value is computed once per row: it cannot pass the filter
+    // as 1 and be stored as 2.
+    sql(
+        "MERGE INTO visits v USING generate_series(80000, 80199) AS g (n) ON v.id = g.n \
+         WHEN NOT MATCHED THEN INSERT (id, patient_id, clinic_id, visited_at, reason) \
+         VALUES (n, 3, CASE WHEN random() < 0.5 THEN 1 ELSE 2 END, now(), 'm')",
+    );
+    assert_eq!(
+        direct(
+            "SELECT count(*) FILTER (WHERE clinic_id <> 1), count(*) > 50 \
+             FROM visits WHERE id BETWEEN 80000 AND 80199"
+        ),
+        "0|t"
+    );
+
+    // A denied column is not there to be read.
+    let (ok, out) = run(
+        &cleo,
+        "MERGE INTO visits v USING (VALUES (5)) AS s (id) ON v.id = s.id \
+         WHEN MATCHED THEN UPDATE SET reason = notes",
+    );
+    assert!(!ok && out.contains("v.notes does not exist"), "{out}");
+    assert_eq!(
+        direct("SELECT count(*) FROM visits WHERE reason LIKE 'clinical note%'"),
+        "0"
+    );
+
+    // DELETE reaches only the person's rows.
+    assert_eq!(
+        sql(
+            "MERGE INTO visits v USING (VALUES (8), (4)) AS s (id) ON v.id = s.id \
+             WHEN MATCHED THEN DELETE"
+        ),
+        "MERGE 1"
+    );
+    assert_eq!(
+        direct("SELECT string_agg(id::text, ',') FROM visits WHERE id IN (4, 8)"),
+        "4"
     );
 }
