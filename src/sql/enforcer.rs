@@ -61,16 +61,6 @@ pub struct Enforcer {
     pub(crate) schema_version: u64,
 }
 
-impl Compiled {
-    /// The row filter, parsed.
-    pub fn filter_expr(&self) -> Option<&sqlparser::ast::Expr> {
-        match self.query.body.as_ref() {
-            sqlparser::ast::SetExpr::Select(s) => s.selection.as_ref(),
-            _ => None,
-        }
-    }
-}
-
 impl Enforcer {
     pub fn new(
         role: &Role,

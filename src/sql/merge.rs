@@ -6,10 +6,15 @@
 //! can be MATCHED, and every condition and SET value reads masked values.
 //!
 //! * WHEN MATCHED: UPDATE (of writable columns the filter does not read),
-//!   DELETE, DO NOTHING; names of target columns read the masked row.
-//! * WHEN NOT MATCHED: INSERT (cols) VALUES (…) with the row filter
-//!   evaluated over the new values (cast to the columns' types) added to
-//!   the clause's condition, or DO NOTHING; bare names are the source's.
+//!   DELETE, DO NOTHING. Names of target columns read the masked row; every
+//!   other bare name is qualified with the source's alias, so none can
+//!   reach the raw target (a column added since the schema was read, a
+//!   system column).
+//! * WHEN NOT MATCHED: INSERT (cols) VALUES (…) or DO NOTHING; bare names
+//!   are the source's. The values are computed once per row in a LATERAL
+//!   subquery, cast to the columns' types, and the row filter is evaluated
+//!   there over them under the table's own name; the clause fires only for
+//!   rows it accepts, and inserts exactly the values it judged.
 //! * No subqueries in conditions or values; no other MERGE forms.
 
 use sqlparser::ast::{
@@ -22,6 +27,7 @@ use super::enforcer::{Compiled, Enforcer};
 use super::walk::{fold, rewrite_part, Uses};
 use super::write::{q, qualify_to, TARGET};
 use super::Refusal;
+use crate::policy::TableName;
 
 impl Enforcer {
     pub(crate) fn rewrite_merge(&self, m: &mut Merge, uses: &mut Uses) -> Result<String, Refusal> {
@@ -65,9 +71,11 @@ impl Enforcer {
                 MergeClauseKind::Matched => {
                     if let Some(p) = &mut clause.predicate {
                         qualify_to(p, c, &target);
+                        source_names(p, &source_alias);
                     }
                     rewrite_part(self, &mut clause.predicate, uses)?;
-                    self.matched(&mut clause.action, c, &table.to_string(), &target, uses)?;
+                    let names = (source_alias.as_str(), target.as_str());
+                    self.matched(&mut clause.action, c, &table.to_string(), names, uses)?;
                     let when = match &clause.predicate {
                         Some(p) => format!("WHEN MATCHED AND ({p})"),
                         None => "WHEN MATCHED".to_string(),
@@ -83,9 +91,8 @@ impl Enforcer {
                         clause.predicate.iter().map(|p| format!("({p})")).collect();
                     let lateral = format!("pgward_v{}", laterals.len());
                     let names = (source_alias.as_str(), target.as_str(), lateral.as_str());
-                    let table_name = table.to_string();
                     if let Some((subquery, filter)) =
-                        self.not_matched(&mut clause.action, c, &table_name, names, uses)?
+                        self.not_matched(&mut clause.action, c, &table, names, uses)?
                     {
                         laterals.push(subquery);
                         conditions.extend(filter.map(|f| format!("({f})")));
@@ -129,7 +136,7 @@ impl Enforcer {
         action: &mut MergeAction,
         c: &Compiled,
         table: &str,
-        target: &str,
+        (source, target): (&str, &str),
         uses: &mut Uses,
     ) -> Result<(), Refusal> {
         match action {
@@ -146,6 +153,7 @@ impl Enforcer {
                 }
                 for a in assignments.iter_mut() {
                     qualify_to(&mut a.value, c, target);
+                    source_names(&mut a.value, source);
                 }
                 rewrite_part(self, assignments, uses)
             }
@@ -162,11 +170,13 @@ impl Enforcer {
         &self,
         action: &mut MergeAction,
         c: &Compiled,
-        table: &str,
+        table: &TableName,
         names: (&str, &str, &str),
         uses: &mut Uses,
     ) -> Result<Option<(String, Option<String>)>, Refusal> {
         let (source, target, lateral) = names;
+        let table_name = &table.table;
+        let table = table.to_string();
         let insert = match action {
             MergeAction::DoNothing { .. } => return Ok(None),
             MergeAction::Insert(i) => i,
@@ -190,7 +200,7 @@ impl Enforcer {
                 return Err(self.refuse("qualified INSERT columns"));
             };
             let col = fold(col);
-            self.writable(c, table, &col)?;
+            self.writable(c, &table, &col)?;
             if columns.contains(&col) {
                 return Err(self.refuse(&format!("setting {table}.{col} twice")));
             }
@@ -223,12 +233,9 @@ impl Enforcer {
                 Ident::with_quote('"', col.as_str()),
             ]);
         }
-        let subquery = format!(
-            " CROSS JOIN LATERAL (SELECT {}) AS {}",
-            items.join(", "),
-            q(lateral)
-        );
-        let Some(filter) = c.filter_expr() else {
+        let values = format!("SELECT {}", items.join(", "));
+        let Some(filter) = &c.filter else {
+            let subquery = format!(" CROSS JOIN LATERAL ({values}) AS {}", q(lateral));
             return Ok(Some((subquery, None)));
         };
         if let Some(col) = c.filter_columns.iter().find(|f| !columns.contains(f)) {
@@ -237,11 +244,21 @@ impl Enforcer {
                 "the role's row filter reads that column",
             ));
         }
-        let mut filter = filter.clone();
-        qualify_to(&mut filter, c, lateral);
-        Ok(Some((subquery, Some(filter.to_string()))))
+        // The filter reads the new values under the table's own name, as
+        // it reads the table (it may name it), and nothing else.
+        let subquery = format!(
+            " CROSS JOIN LATERAL (SELECT *, ({filter}) AS {ok} FROM ({values}) AS {name}) AS {lateral}",
+            ok = q(ACCEPTED),
+            name = q(table_name),
+            lateral = q(lateral),
+        );
+        let accepted = format!("{}.{}", q(lateral), q(ACCEPTED));
+        Ok(Some((subquery, Some(accepted))))
     }
 }
+
+/// The LATERAL column that says whether a new row satisfies the filter.
+const ACCEPTED: &str = "pgward_ok";
 
 /// In WHEN NOT MATCHED only the source is in scope: every bare name is
 /// the source's.

@@ -453,7 +453,7 @@ fn inserts_keep_only_rows_inside_the_filter() {
         write_ok("INSERT INTO visits (id, patient_id, clinic_id) VALUES (1, 3, 1), (2, 3, 2)");
     assert_eq!(
         out,
-        r#"INSERT INTO "public"."visits" AS "pgward_t" ("id", "patient_id", "clinic_id") SELECT * FROM (SELECT CAST("id" AS INTEGER) AS "id", CAST("patient_id" AS INTEGER) AS "patient_id", CAST("clinic_id" AS INTEGER) AS "clinic_id" FROM (VALUES (1, 3, 1), (2, 3, 2)) AS "pgward_s" ("id", "patient_id", "clinic_id")) AS "pgward_v" WHERE (clinic_id = '1')"#
+        r#"INSERT INTO "public"."visits" AS "pgward_t" ("id", "patient_id", "clinic_id") SELECT * FROM (SELECT CAST("id" AS INTEGER) AS "id", CAST("patient_id" AS INTEGER) AS "patient_id", CAST("clinic_id" AS INTEGER) AS "clinic_id" FROM (VALUES (1, 3, 1), (2, 3, 2)) AS "pgward_s" ("id", "patient_id", "clinic_id")) AS "visits" WHERE (clinic_id = '1')"#
     );
     let copy = write_ok("INSERT INTO visits (id, patient_id, clinic_id) SELECT id + 100, id, clinic_id FROM patients ON CONFLICT DO NOTHING");
     assert!(
@@ -501,6 +501,18 @@ fn writes_that_could_leak_or_escape_the_filter_are_refused() {
         (
             "UPDATE patients SET phone = ssn FROM secrets",
             "relation \"secrets\"",
+        ),
+        (
+            "UPDATE patients SET phone = diagnosis FROM clinics c WHERE patients.id = c.id",
+            "unqualified names",
+        ),
+        (
+            "UPDATE patients SET phone = xmin::text",
+            "unqualified names",
+        ),
+        (
+            "DELETE FROM visits USING clinics c WHERE notes_v2 = 'x' AND c.id = 1",
+            "unqualified names",
         ),
     ] {
         let message = write_refused(sql);
@@ -607,16 +619,35 @@ fn merge_matches_only_masked_filtered_rows_and_inserts_only_inside_the_filter() 
     // NOT MATCHED: values computed once, in a LATERAL subquery, and the
     // row filter judged on them.
     assert!(
-        out.contains(r#"CROSS JOIN LATERAL (SELECT CASE WHEN "p"."pgward_ctid" IS NULL THEN CAST((s.id) AS INTEGER) END AS "id", "#),
+        out.contains(r#"FROM (SELECT CASE WHEN "p"."pgward_ctid" IS NULL THEN CAST((s.id) AS INTEGER) END AS "id", "#),
         "{out}"
     );
     assert!(
-        out.contains(r#"CAST(("s".x) AS TEXT) END AS "phone") AS "pgward_v0""#),
+        out.contains(r#"CAST(("s".x) AS TEXT) END AS "phone") AS "patients") AS "pgward_v0""#),
         "{out}"
     );
     assert!(
-        out.ends_with(r#"WHEN NOT MATCHED AND (("pgward_v0".clinic_id = '1')) THEN INSERT (id, clinic_id, phone) VALUES ("pgward_v0"."id", "pgward_v0"."clinic_id", "pgward_v0"."phone")"#),
+        out.contains(
+            r#"CROSS JOIN LATERAL (SELECT *, (clinic_id = '1') AS "pgward_ok" FROM (SELECT CASE"#
+        ),
         "{out}"
+    );
+    assert!(
+        out.ends_with(r#"WHEN NOT MATCHED AND ("pgward_v0"."pgward_ok") THEN INSERT (id, clinic_id, phone) VALUES ("pgward_v0"."id", "pgward_v0"."clinic_id", "pgward_v0"."phone")"#),
+        "{out}"
+    );
+    // Bare names in MATCHED that are not the target's are the source's:
+    // a column added since the schema was read, or a system column, cannot
+    // come from the raw target.
+    let other = write_ok(
+        "MERGE INTO patients p USING clinics c ON p.id = c.id \
+         WHEN MATCHED AND xmin IS NOT NULL THEN UPDATE SET phone = diagnosis",
+    );
+    assert!(
+        other.contains(
+            r#"WHEN MATCHED AND ("c".xmin IS NOT NULL) THEN UPDATE SET phone = "c".diagnosis"#
+        ),
+        "{other}"
     );
 }
 
@@ -690,4 +721,54 @@ fn merge_forms_that_could_leak_or_escape_the_filter_are_refused() {
         let message = write_refused(sql);
         assert!(message.contains(reason), "{sql}: {message}");
     }
+}
+
+#[test]
+fn a_filter_that_names_its_table_judges_new_rows_not_the_source() {
+    let mut role: Role = serde_yaml::from_str(
+        &POLICY
+            .replace("[read]", "[read, write]")
+            .replace(r#"rows: "clinic_id"#, r#"rows: "patients.clinic_id"#),
+    )
+    .unwrap();
+    role.name = crate::policy::RoleName::parse("clerk").unwrap();
+    let schema = Schema::from_spec(&[(
+        "public.patients",
+        &[("id", "integer"), ("clinic_id", "integer"), ("ssn", "text")],
+    )]);
+    let attrs = BTreeMap::from([("clinic_id".to_string(), "1".to_string())]);
+    let enforcer = Enforcer::new(&role, "clinic", &attrs, &schema, "k3y");
+    let rewrite = |sql: &str| match enforcer.rewrite(sql) {
+        Ok(r) => r.sql,
+        Err(e) => panic!("{sql}: {e}"),
+    };
+    // A source named like the table must not answer for the filter.
+    let out = rewrite(
+        "MERGE INTO patients AS t USING (VALUES (5000, 1)) AS patients (id, clinic_id) \
+         ON t.id = patients.id WHEN NOT MATCHED THEN INSERT (id, clinic_id) VALUES (5000, 2)",
+    );
+    assert!(
+        out.contains(r#"(SELECT *, (patients.clinic_id = '1') AS "pgward_ok" FROM (SELECT CASE WHEN "t"."pgward_ctid" IS NULL THEN CAST((5000) AS INTEGER) END AS "id", CASE WHEN "t"."pgward_ctid" IS NULL THEN CAST((2) AS INTEGER) END AS "clinic_id") AS "patients") AS "pgward_v0""#),
+        "{out}"
+    );
+    let insert = rewrite("INSERT INTO patients (id, clinic_id) VALUES (5000, 2)");
+    assert!(
+        insert.ends_with(
+            r#"AS "pgward_s" ("id", "clinic_id")) AS "patients" WHERE (patients.clinic_id = '1')"#
+        ),
+        "{insert}"
+    );
+}
+
+#[test]
+fn identifiers_are_cut_to_63_bytes_as_postgresql_cuts_them() {
+    use sqlparser::ast::Ident;
+    let long = "a".repeat(70);
+    assert_eq!(super::walk::fold(&Ident::new(long)), "a".repeat(63));
+    // 62 ASCII bytes and a two-byte letter: the letter does not fit.
+    let wide = format!("{}é", "b".repeat(62));
+    assert_eq!(
+        super::walk::fold(&Ident::with_quote('"', wide)),
+        "b".repeat(62)
+    );
 }

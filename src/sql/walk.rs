@@ -34,14 +34,26 @@ pub struct Uses {
 
 /// An identifier as PostgreSQL folds it in a UTF8 database: unquoted names
 /// have their ASCII letters lowercased, and nothing else (`É`, the Kelvin
-/// sign `K` stay as they are).
+/// sign `K` stay as they are); every name is cut to 63 bytes on a character
+/// boundary (NAMEDATALEN - 1), so a long name is the column it will be.
 pub(crate) fn fold(ident: &Ident) -> String {
-    if ident.quote_style.is_some() {
+    let mut name = if ident.quote_style.is_some() {
         ident.value.clone()
     } else {
         ident.value.to_ascii_lowercase()
+    };
+    if name.len() > MAX_IDENTIFIER {
+        let mut end = MAX_IDENTIFIER;
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        name.truncate(end);
     }
+    name
 }
+
+/// PostgreSQL's NAMEDATALEN - 1.
+const MAX_IDENTIFIER: usize = 63;
 
 fn name_parts(name: &ObjectName) -> Option<Vec<String>> {
     name.0

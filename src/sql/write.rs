@@ -16,6 +16,9 @@
 //!   (a data-modifying CTE), so the command tag becomes `SELECT n`.
 //! * Subqueries in SET and WHERE are refused: inside one, a denied column
 //!   exists only in the raw target, and PostgreSQL would resolve it there.
+//!   So are bare names that are not known columns of the target (with FROM
+//!   or USING, other tables' columns must be qualified): the raw target
+//!   would supply a column added since the schema was read.
 //! * `ON CONFLICT DO UPDATE` and COPY FROM are refused; MERGE is built
 //!   the same way in `merge.rs`.
 
@@ -99,24 +102,31 @@ impl VisitorMut for Qualify<'_> {
 
 /// Refuses what would still read the raw target: a nested query (inside
 /// it, a denied column exists only in the target and PostgreSQL resolves
-/// it there), and — when the statement has no other FROM items — any bare
-/// name that is not one of the target's known columns.
+/// it there), and — when `strict` — any bare name that is not one of the
+/// target's known columns (a column added since the schema was read, a
+/// system column: PostgreSQL would find it in the raw target).
 struct Scope<'a> {
     columns: &'a [String],
     strict: bool,
-    problem: Option<&'static str>,
+    problem: Option<(&'static str, &'static str)>,
 }
 
 impl Visitor for Scope<'_> {
     type Break = ();
     fn pre_visit_query(&mut self, _q: &Query) -> ControlFlow<()> {
-        self.problem = Some("subqueries in SET or WHERE of UPDATE and DELETE");
+        self.problem = Some((
+            "subqueries in the conditions and values of a write",
+            "in a restricted write they could read the table's raw values",
+        ));
         ControlFlow::Break(())
     }
     fn pre_visit_expr(&mut self, e: &Expr) -> ControlFlow<()> {
         if let Expr::Identifier(i) = e {
             if self.strict && !self.columns.contains(&fold(i)) {
-                self.problem = Some("names that are not columns of the table");
+                self.problem = Some((
+                    "unqualified names that are not columns of the table written",
+                    "qualify other tables' columns (c.name); an unknown bare name could read the table's raw values",
+                ));
                 return ControlFlow::Break(());
             }
         }
@@ -138,10 +148,7 @@ impl Enforcer {
         };
         let _ = node.visit(&mut scope);
         match scope.problem {
-            Some(what) => Err(self.refuse_with(
-                what,
-                "in a restricted write they could read the table's raw values",
-            )),
+            Some((what, why)) => Err(self.refuse_with(what, why)),
             None => Ok(()),
         }
     }
@@ -296,11 +303,10 @@ impl Enforcer {
         for a in &u.assignments {
             self.assignable(a, c, &table.to_string())?;
         }
-        let strict = !matches!(&u.from, Some(UpdateTableFromKind::AfterSet(f)) if !f.is_empty());
         for a in &u.assignments {
-            self.check_scope(&a.value, c, strict)?;
+            self.check_scope(&a.value, c, true)?;
         }
-        self.check_scope(&u.selection, c, strict)?;
+        self.check_scope(&u.selection, c, true)?;
         for a in &mut u.assignments {
             qualify_to(&mut a.value, c, &alias);
         }
@@ -365,8 +371,7 @@ impl Enforcer {
         }
         let (c, table) = self.target(&name)?;
         let alias = alias.map_or_else(|| table.table.clone(), |a| fold(&a.name));
-        let strict = d.using.as_ref().map_or(true, Vec::is_empty);
-        self.check_scope(&d.selection, c, strict)?;
+        self.check_scope(&d.selection, c, true)?;
         if let Some(sel) = &mut d.selection {
             qualify_to(sel, c, &alias);
         }
@@ -475,9 +480,11 @@ impl Enforcer {
                         .ok_or_else(|| self.refuse(&format!("writing column {table}.{col}")))?;
                     casts.push(format!("CAST({quoted} AS {ty}) AS {quoted}"));
                 }
+                // Under the table's own name: a filter may name it.
                 format!(
-                    "SELECT * FROM (SELECT {} FROM ({source}) AS \"pgward_s\" ({cols})) AS \"pgward_v\" WHERE ({filter})",
-                    casts.join(", ")
+                    "SELECT * FROM (SELECT {} FROM ({source}) AS \"pgward_s\" ({cols})) AS {} WHERE ({filter})",
+                    casts.join(", "),
+                    q(&table.table)
                 )
             }
             None => source.to_string(),

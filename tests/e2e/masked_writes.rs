@@ -25,6 +25,14 @@ roles:
         deny_columns: [notes]
         rows: "clinic_id = {{ user.clinic_id }}"
       public.clinics: {}
+  # A row filter that names its table.
+  filer:
+    upstream: { user: trust_user }
+    databases: [writes]
+    statements: [read, write]
+    tables:
+      public.patients:
+        rows: "patients.clinic_id = {{ user.clinic_id }}"
 "#;
 
 fn writes_db() {
@@ -164,7 +172,7 @@ fn writes_stay_inside_the_filter_and_never_read_raw_values() {
 // visit 4 clinic 3's (see examples/clinic.sql). The other test leaves them be.
 #[test]
 fn merge_stays_inside_the_filter_and_never_reads_raw_values() {
-    let (_proxy, cleo) = clerk();
+    let (proxy, cleo) = clerk();
     let sql = |s: &str| ok_sql(&cleo, s);
 
     // ON over a masked column: the real SSN matches nothing.
@@ -250,6 +258,48 @@ fn merge_stays_inside_the_filter_and_never_reads_raw_values() {
     assert_eq!(
         direct("SELECT count(*) FROM visits WHERE reason LIKE 'clinical note%'"),
         "0"
+    );
+
+    // A column added after pgward read the schema is not reachable by a
+    // bare name: refused in UPDATE … FROM, the source's in MERGE.
+    sql("SELECT count(*) FROM visits");
+    direct("ALTER TABLE visits ADD COLUMN IF NOT EXISTS secret_v text DEFAULT 'TOPSECRET'");
+    let (ok, out) = run(
+        &cleo,
+        "UPDATE visits v SET reason = secret_v FROM clinics c WHERE v.id = 11 AND c.id = 1",
+    );
+    assert!(!ok && out.contains("unqualified names"), "{out}");
+    let (ok, out) = run(
+        &cleo,
+        "MERGE INTO visits v USING (VALUES (11)) AS s (id) ON v.id = s.id \
+         WHEN MATCHED THEN UPDATE SET reason = secret_v",
+    );
+    assert!(!ok && out.contains("s.secret_v does not exist"), "{out}");
+    assert_eq!(
+        direct("SELECT count(*) FROM visits WHERE reason = 'TOPSECRET'"),
+        "0"
+    );
+
+    // A filter that names its table judges the new row, not a source that
+    // borrows the table's name.
+    proxy.add_user_with("fay", &["filer"], &["clinic_id=1"]);
+    let fay = proxy
+        .conninfo("fay", PASSWORD)
+        .replace("dbname=clinic", "dbname=writes");
+    for (id, clinic) in [(95000, 2), (95001, 1)] {
+        ok_sql(
+            &fay,
+            &format!(
+                "MERGE INTO patients AS t USING (VALUES ({id}, 1)) AS patients (id, clinic_id) \
+                 ON t.id = patients.id WHEN NOT MATCHED THEN INSERT \
+                 (id, clinic_id, name, ssn, email, dob, phone) \
+                 VALUES ({id}, {clinic}, 'x', 'x', 'x', '2000-01-01', 'x')"
+            ),
+        );
+    }
+    assert_eq!(
+        direct("SELECT string_agg(id || ':' || clinic_id, ',') FROM patients WHERE id >= 95000"),
+        "95001:1"
     );
 
     // DELETE reaches only the person's rows.
