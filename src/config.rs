@@ -50,6 +50,8 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub enforcement: EnforcementConfig,
+    #[serde(default)]
+    pub audit: AuditConfig,
     /// Directory the relative paths above were resolved against.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -97,6 +99,71 @@ impl Default for EnforcementConfig {
             schema_refresh: EnforcementConfig::schema_refresh(),
             analysis_cache: EnforcementConfig::analysis_cache(),
         }
+    }
+}
+
+/// The audit trail.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// SQLite file holding the hash-chained events.
+    pub path: PathBuf,
+    /// Ed25519 key that signs checkpoints (created with mode 0600).
+    pub signing_key: PathBuf,
+    /// Events waiting to be stored, at most.
+    pub queue: usize,
+    /// Events stored per transaction, at most.
+    pub batch: usize,
+    /// What happens to statements when events cannot be stored.
+    pub on_failure: crate::audit::OnFailure,
+    /// How often the chain's head is signed (when it has moved).
+    #[serde(with = "humantime_serde")]
+    pub checkpoint_interval: Duration,
+    /// How long a statement's ReadyForQuery waits for its event to be
+    /// stored before the session is ended.
+    #[serde(with = "humantime_serde")]
+    pub ack_timeout: Duration,
+    /// Bind parameters in statement events: `off`, `redacted` (types and
+    /// sizes only) or `full`.
+    pub parameters: AuditParameters,
+    /// Name of this pgward in events; the host name if absent.
+    pub instance: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditParameters {
+    #[default]
+    Off,
+    Redacted,
+    Full,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            path: PathBuf::from("audit.db"),
+            signing_key: PathBuf::from("secrets/audit-signing.key"),
+            queue: 65536,
+            batch: 1024,
+            on_failure: crate::audit::OnFailure::Refuse,
+            checkpoint_interval: Duration::from_secs(1),
+            ack_timeout: Duration::from_secs(10),
+            parameters: AuditParameters::Off,
+            instance: None,
+        }
+    }
+}
+
+impl AuditConfig {
+    /// The name events carry.
+    pub fn instance_name(&self) -> String {
+        self.instance.clone().unwrap_or_else(|| {
+            nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "pgward".to_string())
+        })
     }
 }
 
@@ -293,6 +360,8 @@ impl Config {
         resolve(&mut self.store.path);
         resolve(&mut self.policies);
         resolve(&mut self.enforcement.masking_key);
+        resolve(&mut self.audit.path);
+        resolve(&mut self.audit.signing_key);
         if let Some(ca) = &mut self.upstream.ca_file {
             resolve(ca);
         }
@@ -300,6 +369,9 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
+        if self.audit.queue == 0 || self.audit.batch == 0 {
+            return Err("audit.queue and audit.batch must be at least 1".into());
+        }
         if self.auth.max_failures == 0 {
             return Err("auth.max_failures must be at least 1".into());
         }

@@ -1,0 +1,17 @@
+//! The tamper-evident audit trail (HIPAA 164.312(b) and (c)).
+//!
+//! Every statement, login, session start and end, and administrative action
+//! becomes an [`Event`]. Sessions hand events to the [`Audit`] writer, which
+//! stores them in a hash chain in SQLite ([`store`]) and signs checkpoints
+//! of the chain with pgward's Ed25519 key ([`chain`]). `pgward audit
+//! verify`, `export` and `tail` read the store; nothing here knows about
+//! sessions or the network.
+
+pub mod chain;
+pub mod event;
+pub mod fingerprint;
+pub mod store;
+pub mod writer;
+
+pub use event::{Decision, Event, Kind, SessionInfo};
+pub use writer::{Audit, OnFailure, Slot, Unavailable, WriterConfig};

@@ -1,0 +1,363 @@
+//! The audit store: a SQLite file of its own (WAL), separate from the user
+//! store so audit writes never contend with logins.
+//!
+//! Appends happen in `BEGIN IMMEDIATE` transactions that read the chain's
+//! head inside the transaction, so the proxy's writer and a CLI command
+//! (an admin event) can both extend the one chain safely. The indexed
+//! columns (`time_us`, `kind`, `user`, `database`, `class`, `relations`)
+//! are copies of fields of the body for fast filtering; verification checks
+//! they still agree with it.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+use super::chain::{link, Checkpoint, Hash, SigningKey};
+use super::event::Event;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditStoreError {
+    #[error("audit store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("audit store schema version {0} is newer than this pgward understands")]
+    TooNew(i64),
+    #[error("audit store: {0}")]
+    Corrupt(String),
+}
+
+const MIGRATIONS: &[&str] = &[
+    // 1: events, checkpoints, and where the stored chain starts.
+    "CREATE TABLE events (
+        id        INTEGER PRIMARY KEY,
+        time_us   INTEGER NOT NULL,
+        kind      TEXT NOT NULL,
+        user      TEXT,
+        database  TEXT,
+        class     TEXT,
+        relations TEXT,
+        body      BLOB NOT NULL,
+        hash      BLOB NOT NULL
+    );
+    CREATE INDEX events_time ON events(time_us);
+    CREATE INDEX events_user ON events(user, time_us);
+    CREATE TABLE checkpoints (
+        last_id   INTEGER PRIMARY KEY,
+        head      BLOB NOT NULL,
+        time_us   INTEGER NOT NULL,
+        signature BLOB NOT NULL
+    );
+    CREATE TABLE chain_base (
+        only      INTEGER PRIMARY KEY CHECK (only = 1),
+        base_id   INTEGER NOT NULL,
+        base_hash BLOB NOT NULL
+    );
+    INSERT INTO chain_base VALUES (1, 0, zeroblob(32));",
+];
+
+/// One stored event, as read back.
+#[derive(Clone, Debug)]
+pub struct Stored {
+    pub id: u64,
+    pub time_us: i64,
+    pub kind: String,
+    pub user: Option<String>,
+    pub database: Option<String>,
+    pub class: Option<String>,
+    pub relations: Option<String>,
+    pub body: Vec<u8>,
+    pub hash: Vec<u8>,
+}
+
+/// Which events to read.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    pub since_us: Option<i64>,
+    pub until_us: Option<i64>,
+    pub user: Option<String>,
+    pub database: Option<String>,
+    /// A relation name as stored (`public.patients`) or its last part.
+    pub table: Option<String>,
+    pub class: Option<String>,
+    pub kind: Option<String>,
+    /// Only events with an id above this.
+    pub after_id: Option<u64>,
+}
+
+impl Filter {
+    /// Whether a stored event passes (the same test the SQL applies).
+    pub fn matches(&self, e: &Stored) -> bool {
+        self.since_us.map_or(true, |t| e.time_us >= t)
+            && self.until_us.map_or(true, |t| e.time_us < t)
+            && self.after_id.map_or(true, |id| e.id > id)
+            && opt_eq(&self.user, &e.user)
+            && opt_eq(&self.database, &e.database)
+            && opt_eq(&self.class, &e.class)
+            && self.kind.as_ref().map_or(true, |k| *k == e.kind)
+            && self.table.as_ref().map_or(true, |t| {
+                e.relations.as_deref().is_some_and(|r| {
+                    r.split(' ')
+                        .any(|rel| rel == t || rel.rsplit('.').next() == Some(t.as_str()))
+                })
+            })
+    }
+}
+
+fn opt_eq(want: &Option<String>, have: &Option<String>) -> bool {
+    want.as_ref().map_or(true, |w| have.as_deref() == Some(w.as_str()))
+}
+
+pub struct AuditStore {
+    conn: Connection,
+}
+
+impl AuditStore {
+    /// Opens (creating if needed) the store at `path` for appending.
+    pub fn open(path: &Path) -> Result<AuditStore, AuditStoreError> {
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let mut conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // Commits reach the operating system at once (a killed pgward loses
+        // nothing it acknowledged); fsync happens at WAL checkpoints.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > MIGRATIONS.len() as i64 {
+            return Err(AuditStoreError::TooNew(version));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+            tx.commit()?;
+        }
+        Ok(AuditStore { conn })
+    }
+
+    /// Opens an existing store without changing it.
+    pub fn open_read_only(path: &Path) -> Result<AuditStore, AuditStoreError> {
+        if !path.exists() {
+            return Err(AuditStoreError::Corrupt(format!(
+                "{} does not exist",
+                path.display()
+            )));
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        Ok(AuditStore { conn })
+    }
+
+    /// The raw connection, for tests that tamper with the store.
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    fn head_in(conn: &Connection) -> Result<(u64, Hash), AuditStoreError> {
+        let last: Option<(i64, Vec<u8>)> = conn
+            .prepare_cached("SELECT id, hash FROM events ORDER BY id DESC LIMIT 1")?
+            .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let (id, hash) = match last {
+            Some(row) => row,
+            None => conn.query_row("SELECT base_id, base_hash FROM chain_base", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?,
+        };
+        let hash: Hash = hash
+            .try_into()
+            .map_err(|_| AuditStoreError::Corrupt(format!("event {id} has a malformed hash")))?;
+        Ok((id as u64, hash))
+    }
+
+    /// The last stored id and hash.
+    pub fn head(&self) -> Result<(u64, Hash), AuditStoreError> {
+        Self::head_in(&self.conn)
+    }
+
+    /// Where the stored chain starts: the id before the first event and
+    /// the hash it chains from.
+    pub fn base(&self) -> Result<(u64, Hash), AuditStoreError> {
+        let (id, hash): (i64, Vec<u8>) =
+            self.conn
+                .query_row("SELECT base_id, base_hash FROM chain_base", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?;
+        let hash: Hash = hash
+            .try_into()
+            .map_err(|_| AuditStoreError::Corrupt("malformed chain base".into()))?;
+        Ok((id as u64, hash))
+    }
+
+    /// Appends `events` in one transaction, assigning ids and extending the
+    /// chain. Returns the new head.
+    pub fn append(&mut self, events: &mut [Event]) -> Result<(u64, Hash), AuditStoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let (mut id, mut hash) = Self::head_in(&tx)?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO events (id, time_us, kind, user, database, class, relations, body, hash)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?;
+            for event in events.iter_mut() {
+                id += 1;
+                event.id = id;
+                let body = event.encode();
+                hash = link(&hash, &digest(&body));
+                let relations = (!event.relations.is_empty()).then(|| event.relations.join(" "));
+                insert.execute(params![
+                    id as i64,
+                    event.time_us,
+                    event.kind.as_str(),
+                    event.user(),
+                    event.database(),
+                    event.class.as_deref(),
+                    relations,
+                    body,
+                    &hash[..],
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok((id, hash))
+    }
+
+    /// Signs the current head unless a checkpoint already covers it.
+    pub fn checkpoint(
+        &mut self,
+        key: &SigningKey,
+    ) -> Result<Option<Checkpoint>, AuditStoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let (id, hash) = Self::head_in(&tx)?;
+        let covered: Option<i64> = tx
+            .query_row("SELECT max(last_id) FROM checkpoints", [], |r| r.get(0))?;
+        if id == 0 || covered.is_some_and(|c| c as u64 >= id) {
+            return Ok(None);
+        }
+        let cp = Checkpoint::sign(key, id, &hash, super::event::now_us());
+        tx.execute(
+            "INSERT INTO checkpoints (last_id, head, time_us, signature) VALUES (?1, ?2, ?3, ?4)",
+            params![cp.last_id as i64, cp.head, cp.time_us, cp.signature],
+        )?;
+        tx.commit()?;
+        Ok(Some(cp))
+    }
+
+    /// Every checkpoint, oldest first.
+    pub fn checkpoints(&self) -> Result<Vec<Checkpoint>, AuditStoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT last_id, head, time_us, signature FROM checkpoints ORDER BY last_id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(Checkpoint {
+                last_id: r.get::<_, i64>(0)? as u64,
+                head: r.get(1)?,
+                time_us: r.get(2)?,
+                signature: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// Calls `f` for each event with an id in `from..=to` (all when `None`),
+    /// in id order, without holding more than one in memory.
+    pub fn scan(
+        &self,
+        from: u64,
+        to: Option<u64>,
+        mut f: impl FnMut(Stored) -> Result<(), AuditStoreError>,
+    ) -> Result<(), AuditStoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, time_us, kind, user, database, class, relations, body, hash
+             FROM events WHERE id >= ?1 AND id <= ?2 ORDER BY id",
+        )?;
+        let to = to.map_or(i64::MAX, |t| t.min(i64::MAX as u64) as i64);
+        let mut rows = stmt.query(params![from as i64, to])?;
+        while let Some(r) = rows.next()? {
+            f(Stored {
+                id: r.get::<_, i64>(0)? as u64,
+                time_us: r.get(1)?,
+                kind: r.get(2)?,
+                user: r.get(3)?,
+                database: r.get(4)?,
+                class: r.get(5)?,
+                relations: r.get(6)?,
+                body: r.get(7)?,
+                hash: r.get(8)?,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The id of the first event at or after `since_us` (for exports that
+    /// start at a time), if any.
+    pub fn first_id_since(&self, since_us: i64) -> Result<Option<u64>, AuditStoreError> {
+        let id: Option<i64> = self.conn.query_row(
+            "SELECT min(id) FROM events WHERE time_us >= ?1",
+            [since_us],
+            |r| r.get(0),
+        )?;
+        Ok(id.map(|i| i as u64))
+    }
+
+    pub fn count(&self) -> Result<u64, AuditStoreError> {
+        let n: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))?;
+        Ok(n as u64)
+    }
+}
+
+/// `SHA-256(body)`: what the chain links. Hashing the body first lets an
+/// export prove a subset of events with only the digests of the rest.
+pub fn digest(body: &[u8]) -> Hash {
+    let d = ring::digest::digest(&ring::digest::SHA256, body);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// The hash an event with `body` gets after `prev`.
+pub fn next_hash(prev: &Hash, body: &[u8]) -> Hash {
+    link(prev, &digest(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::chain::GENESIS;
+    use crate::audit::event::Kind;
+
+    #[test]
+    fn appends_chain_and_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = AuditStore::open(&dir.path().join("audit.db")).unwrap();
+        let key = SigningKey::load_or_create(&dir.path().join("k")).unwrap();
+        assert!(store.checkpoint(&key).unwrap().is_none(), "nothing to sign");
+        let mut events: Vec<Event> = (0..3).map(|_| Event::new(Kind::Login, "t")).collect();
+        let (last, head) = store.append(&mut events).unwrap();
+        assert_eq!(last, 3);
+        assert_eq!(events[2].id, 3);
+        let mut hash = GENESIS;
+        store
+            .scan(1, None, |e| {
+                hash = next_hash(&hash, &e.body);
+                assert_eq!(e.hash, hash.to_vec());
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(hash, head);
+        let cp = store.checkpoint(&key).unwrap().unwrap();
+        assert_eq!(cp.last_id, 3);
+        assert!(cp.verify(key.public_key()));
+        assert!(store.checkpoint(&key).unwrap().is_none(), "already covered");
+    }
+}

@@ -1,0 +1,424 @@
+//! The audit pipeline: sessions hand events to one writer thread through a
+//! bounded queue; the writer stores them in batches (one transaction per
+//! batch: group commit), acknowledges each batch, and signs a checkpoint
+//! every `checkpoint_interval`.
+//!
+//! A statement *reserves* its place in the queue before it is forwarded to
+//! the database. When no place is free, or the store is failing, the
+//! statement is refused (`on_failure: refuse`, the default), waits for room
+//! (`block`), or runs without an event (`continue`, counted in metrics).
+//! So with the default nothing runs that cannot be recorded, and the relay
+//! holds each ReadyForQuery until the statement's event is committed: what a
+//! client saw complete is on disk even if pgward is killed right after.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use tokio::sync::oneshot;
+
+use super::chain::SigningKey;
+use super::event::Event;
+use super::fingerprint::{fingerprint, Relations};
+use super::store::AuditStore;
+
+/// What happens to statements when events cannot be stored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    /// Refuse new statements with an error (the default).
+    #[default]
+    Refuse,
+    /// Make them wait until the queue has room again.
+    Block,
+    /// Run them without an event (counted as dropped).
+    Continue,
+}
+
+/// Why an event cannot be accepted now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unavailable {
+    QueueFull,
+    StoreFailing,
+    Closed,
+}
+
+impl std::fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Unavailable::QueueFull => "the audit queue is full",
+            Unavailable::StoreFailing => "the audit store is failing",
+            Unavailable::Closed => "the audit writer has stopped",
+        })
+    }
+}
+
+enum Job {
+    Event(Box<Event>, Option<oneshot::Sender<()>>),
+    /// Commit everything before, sign a checkpoint, then answer.
+    Flush(oneshot::Sender<()>),
+}
+
+/// Writer settings.
+#[derive(Clone, Debug)]
+pub struct WriterConfig {
+    pub path: PathBuf,
+    pub key: PathBuf,
+    pub queue: usize,
+    pub batch: usize,
+    pub on_failure: OnFailure,
+    pub checkpoint_interval: Duration,
+    pub instance: String,
+}
+
+/// Counters the metrics endpoint reads.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub stored: AtomicU64,
+    pub dropped: AtomicU64,
+    pub batches: AtomicU64,
+    pub failures: AtomicU64,
+}
+
+/// The handle sessions use.
+pub struct Audit {
+    tx: SyncSender<Job>,
+    reserved: Arc<AtomicUsize>,
+    capacity: usize,
+    failing: Arc<AtomicBool>,
+    on_failure: OnFailure,
+    instance: String,
+    pub counters: Arc<Counters>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// A place in the queue, held from before a statement runs until its event
+/// is sent. `None` inside means "run without an event" (`continue`).
+pub struct Slot {
+    reserved: Option<Arc<AtomicUsize>>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(r) = self.reserved.take() {
+            r.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl Audit {
+    /// Opens the store and the signing key and starts the writer thread.
+    pub fn start(cfg: WriterConfig) -> anyhow::Result<Arc<Audit>> {
+        use anyhow::Context as _;
+        let store = AuditStore::open(&cfg.path)
+            .with_context(|| format!("opening the audit store {}", cfg.path.display()))?;
+        let key = SigningKey::load_or_create(&cfg.key)?;
+        let capacity = cfg.queue.max(1);
+        let (tx, rx) = sync_channel(capacity);
+        let reserved = Arc::new(AtomicUsize::new(0));
+        let failing = Arc::new(AtomicBool::new(false));
+        let counters = Arc::new(Counters::default());
+        let thread = std::thread::Builder::new().name("pgward-audit".into()).spawn({
+            let reserved = Arc::clone(&reserved);
+            let failing = Arc::clone(&failing);
+            let counters = Arc::clone(&counters);
+            let batch = cfg.batch.max(1);
+            let interval = cfg.checkpoint_interval;
+            move || write_loop(store, key, rx, reserved, failing, counters, batch, interval)
+        })?;
+        Ok(Arc::new(Audit {
+            tx,
+            reserved,
+            capacity,
+            failing,
+            on_failure: cfg.on_failure,
+            instance: cfg.instance,
+            counters,
+            thread: Mutex::new(Some(thread)),
+        }))
+    }
+
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    pub fn on_failure(&self) -> OnFailure {
+        self.on_failure
+    }
+
+    fn try_reserve(&self) -> Result<Slot, Unavailable> {
+        if self.failing.load(Ordering::Acquire) {
+            return Err(Unavailable::StoreFailing);
+        }
+        let mut n = self.reserved.load(Ordering::Acquire);
+        loop {
+            if n >= self.capacity {
+                return Err(Unavailable::QueueFull);
+            }
+            match self.reserved.compare_exchange_weak(
+                n,
+                n + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    return Ok(Slot {
+                        reserved: Some(Arc::clone(&self.reserved)),
+                    })
+                }
+                Err(now) => n = now,
+            }
+        }
+    }
+
+    /// A place for one event, by `on_failure`: `Err` means refuse.
+    pub async fn reserve(&self) -> Result<Slot, Unavailable> {
+        match (self.try_reserve(), self.on_failure) {
+            (Ok(slot), _) => Ok(slot),
+            (Err(why), OnFailure::Refuse) => Err(why),
+            (Err(_), OnFailure::Continue) => {
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                Ok(Slot { reserved: None })
+            }
+            (Err(_), OnFailure::Block) => loop {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                if let Ok(slot) = self.try_reserve() {
+                    return Ok(slot);
+                }
+            },
+        }
+    }
+
+    /// [`Audit::reserve`] without waiting (for the relay's hot path):
+    /// `block` then behaves like `refuse` only when the caller chooses to
+    /// wait with [`Audit::reserve`] instead.
+    pub fn reserve_now(&self) -> Result<Slot, Unavailable> {
+        match (self.try_reserve(), self.on_failure) {
+            (Ok(slot), _) => Ok(slot),
+            (Err(_), OnFailure::Continue) => {
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                Ok(Slot { reserved: None })
+            }
+            (Err(why), _) => Err(why),
+        }
+    }
+
+    /// Queues `event` in its reserved place; the receiver resolves when it
+    /// is committed. `None` when the slot was a `continue` pass.
+    pub fn send(&self, mut slot: Slot, event: Event) -> Option<oneshot::Receiver<()>> {
+        let reserved = slot.reserved.take()?;
+        let (ack, done) = oneshot::channel();
+        match self.tx.try_send(Job::Event(Box::new(event), Some(ack))) {
+            Ok(()) => Some(done),
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                // Cannot happen while reservations are honest; never block.
+                reserved.fetch_sub(1, Ordering::AcqRel);
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    /// Reserves and queues an event that is not tied to a statement
+    /// (logins, session start and end). `Err` means it could not be queued.
+    pub async fn record(&self, event: Event) -> Result<Option<oneshot::Receiver<()>>, Unavailable> {
+        let slot = self.reserve().await?;
+        Ok(self.send(slot, event))
+    }
+
+    /// Waits until everything queued so far is stored and a checkpoint
+    /// covers it.
+    pub async fn flush(&self) {
+        let (ack, done) = oneshot::channel();
+        if self.tx.send(Job::Flush(ack)).is_ok() {
+            let _ = done.await;
+        }
+    }
+
+    /// Flushes and stops the writer (at shutdown).
+    pub async fn close(&self) {
+        self.flush().await;
+        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        drop(thread);
+    }
+
+    pub fn is_failing(&self) -> bool {
+        self.failing.load(Ordering::Acquire)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_loop(
+    mut store: AuditStore,
+    key: SigningKey,
+    rx: Receiver<Job>,
+    reserved: Arc<AtomicUsize>,
+    failing: Arc<AtomicBool>,
+    counters: Arc<Counters>,
+    batch_max: usize,
+    interval: Duration,
+) {
+    let mut events: Vec<Event> = Vec::with_capacity(batch_max);
+    let mut acks: Vec<oneshot::Sender<()>> = Vec::with_capacity(batch_max);
+    let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
+    let mut last_checkpoint = Instant::now();
+    let mut unsigned = false;
+    let mut relations = Relations::default();
+    loop {
+        let first = match rx.recv_timeout(interval) {
+            Ok(job) => job,
+            Err(RecvTimeoutError::Timeout) => {
+                if unsigned {
+                    sign(&mut store, &key, &failing, &counters);
+                    unsigned = false;
+                    last_checkpoint = Instant::now();
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        let mut next = Some(first);
+        while let Some(job) = next.take() {
+            match job {
+                Job::Event(e, ack) => {
+                    reserved.fetch_sub(1, Ordering::AcqRel);
+                    events.push(*e);
+                    acks.extend(ack);
+                }
+                Job::Flush(ack) => flushes.push(ack),
+            }
+            if events.len() < batch_max {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !events.is_empty() {
+            for e in events.iter_mut() {
+                enrich(e, &mut relations);
+            }
+            store_batch(&mut store, &mut events, &failing, &counters);
+            unsigned = true;
+            for ack in acks.drain(..) {
+                let _ = ack.send(());
+            }
+        }
+        if !flushes.is_empty() || (unsigned && last_checkpoint.elapsed() >= interval) {
+            sign(&mut store, &key, &failing, &counters);
+            unsigned = false;
+            last_checkpoint = Instant::now();
+            for ack in flushes.drain(..) {
+                let _ = ack.send(());
+            }
+        }
+    }
+    if unsigned {
+        sign(&mut store, &key, &failing, &counters);
+    }
+}
+
+/// Fills in the fingerprint and, for statements pgward did not analyze,
+/// the relations they name.
+fn enrich(e: &mut Event, relations: &mut Relations) {
+    let Some(text) = e.text.as_deref() else {
+        return;
+    };
+    let fp = match e.fingerprint.take() {
+        Some(fp) => fp,
+        None => fingerprint(text),
+    };
+    if e.relations.is_empty() && e.decision != Some(super::event::Decision::Denied) {
+        e.relations = relations.of(&fp, text);
+    }
+    e.fingerprint = Some(fp);
+}
+
+/// Stores a batch, retrying until it succeeds: events are never dropped
+/// here. While it fails, `failing` makes new statements wait or refuse.
+fn store_batch(
+    store: &mut AuditStore,
+    events: &mut Vec<Event>,
+    failing: &AtomicBool,
+    counters: &Counters,
+) {
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        match store.append(events) {
+            Ok(_) => {
+                if failing.swap(false, Ordering::AcqRel) {
+                    tracing::warn!("audit store recovered");
+                }
+                counters.stored.fetch_add(events.len() as u64, Ordering::Relaxed);
+                counters.batches.fetch_add(1, Ordering::Relaxed);
+                events.clear();
+                return;
+            }
+            Err(e) => {
+                counters.failures.fetch_add(1, Ordering::Relaxed);
+                if !failing.swap(true, Ordering::AcqRel) {
+                    tracing::error!(error = %e, "cannot store audit events; retrying");
+                }
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+fn sign(store: &mut AuditStore, key: &SigningKey, failing: &AtomicBool, counters: &Counters) {
+    if let Err(e) = store.checkpoint(key) {
+        counters.failures.fetch_add(1, Ordering::Relaxed);
+        if !failing.load(Ordering::Acquire) {
+            tracing::error!(error = %e, "cannot write an audit checkpoint");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::event::Kind;
+
+    fn config(dir: &std::path::Path, queue: usize) -> WriterConfig {
+        WriterConfig {
+            path: dir.join("audit.db"),
+            key: dir.join("audit.key"),
+            queue,
+            batch: 512,
+            on_failure: OnFailure::Refuse,
+            checkpoint_interval: Duration::from_millis(50),
+            instance: "test".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn acknowledged_events_are_stored_and_signed() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = Audit::start(config(dir.path(), 1024)).unwrap();
+        let mut acks = Vec::new();
+        for _ in 0..100 {
+            let slot = audit.reserve().await.unwrap();
+            acks.push(audit.send(slot, Event::new(Kind::Statement, "test")).unwrap());
+        }
+        for ack in acks {
+            ack.await.unwrap();
+        }
+        audit.close().await;
+        let store = AuditStore::open_read_only(&dir.path().join("audit.db")).unwrap();
+        assert_eq!(store.count().unwrap(), 100);
+        assert_eq!(store.checkpoints().unwrap().last().unwrap().last_id, 100);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_and_a_dropped_slot_frees_its_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = Audit::start(config(dir.path(), 2)).unwrap();
+        let a = audit.reserve_now().unwrap();
+        let _b = audit.reserve_now().unwrap();
+        assert_eq!(audit.reserve_now().err(), Some(Unavailable::QueueFull));
+        drop(a);
+        assert!(audit.reserve_now().is_ok());
+    }
+}
