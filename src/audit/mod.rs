@@ -9,9 +9,12 @@
 
 pub mod chain;
 pub mod event;
+pub mod export;
 pub mod fingerprint;
+pub mod ocsf;
 pub mod store;
+pub mod verify;
 pub mod writer;
 
-pub use event::{Decision, Event, Kind, SessionInfo};
+pub use event::{Analysis, Decision, Event, Kind, SessionInfo};
 pub use writer::{Audit, OnFailure, Slot, Unavailable, WriterConfig};

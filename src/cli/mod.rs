@@ -1,6 +1,7 @@
 //! The `pgward` command line. Each subcommand lives in its own file; this
 //! one parses arguments, sets up logging and maps errors to exit codes.
 
+mod audit;
 mod demo;
 mod init;
 mod policy;
@@ -52,6 +53,9 @@ enum Command {
     /// Check the policies, or explain what one statement becomes.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// The audit trail: verify, export, tail, public-key.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
 }
 
 pub fn main() -> ExitCode {
@@ -70,6 +74,10 @@ pub fn main() -> ExitCode {
         Command::Policy(cmd) => {
             quiet_logging();
             policy::run(cmd)
+        }
+        Command::Audit(cmd) => {
+            quiet_logging();
+            audit::run(cmd)
         }
     };
     match result {
