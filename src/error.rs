@@ -13,6 +13,7 @@ use std::fmt;
 pub struct SqlState(pub &'static str);
 
 impl SqlState {
+    pub const INSUFFICIENT_RESOURCES: SqlState = SqlState("53000");
     pub const PROTOCOL_VIOLATION: SqlState = SqlState("08P01");
     pub const CONNECTION_FAILURE: SqlState = SqlState("08006");
     pub const CANNOT_CONNECT: SqlState = SqlState("08001");

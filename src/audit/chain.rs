@@ -108,7 +108,8 @@ impl SigningKey {
     /// 0600 if it does not exist.
     pub fn load_or_create(path: &Path) -> Result<SigningKey, KeyError> {
         match std::fs::read_to_string(path) {
-            Ok(text) => SigningKey::parse(&text).ok_or_else(|| KeyError::Invalid(path.display().to_string())),
+            Ok(text) => SigningKey::parse(&text)
+                .ok_or_else(|| KeyError::Invalid(path.display().to_string())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => SigningKey::create(path),
             Err(source) => Err(KeyError::Read {
                 path: path.display().to_string(),

@@ -200,6 +200,29 @@ impl Event {
     }
 }
 
+/// What the policy engine found in a statement of a restricted role.
+#[derive(Clone, Debug, Default)]
+pub struct Analysis {
+    pub sent: Option<String>,
+    pub decision: Option<Decision>,
+    pub reason: Option<String>,
+    pub relations: Vec<String>,
+    pub masks: Vec<String>,
+    pub filters: Vec<String>,
+}
+
+impl Event {
+    /// Copies what the analysis found into the event.
+    pub fn apply(&mut self, a: &Analysis) {
+        self.sent.clone_from(&a.sent);
+        self.decision = a.decision;
+        self.reason.clone_from(&a.reason);
+        self.relations.clone_from(&a.relations);
+        self.masks.clone_from(&a.masks);
+        self.filters.clone_from(&a.filters);
+    }
+}
+
 /// Microseconds since the Unix epoch.
 pub fn now_us() -> i64 {
     let now = time::OffsetDateTime::now_utc();
@@ -252,6 +275,9 @@ mod tests {
 
     #[test]
     fn times_format_as_utc_with_microseconds() {
-        assert_eq!(format_time(1_700_000_000_000_001), "2023-11-14T22:13:20.000001Z");
+        assert_eq!(
+            format_time(1_700_000_000_000_001),
+            "2023-11-14T22:13:20.000001Z"
+        );
     }
 }

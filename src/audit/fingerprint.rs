@@ -116,7 +116,8 @@ pub fn fingerprint(text: &str) -> String {
                 push(&mut out, "?", &mut space);
             }
             b'0'..=b'9' => {
-                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'.' || b[i] == b'_') {
+                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'.' || b[i] == b'_')
+                {
                     i += 1;
                 }
                 push(&mut out, "?", &mut space);
@@ -124,7 +125,10 @@ pub fn fingerprint(text: &str) -> String {
             _ if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 => {
                 let start = i;
                 while i < b.len()
-                    && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'$' || b[i] >= 0x80)
+                    && (b[i].is_ascii_alphanumeric()
+                        || b[i] == b'_'
+                        || b[i] == b'$'
+                        || b[i] >= 0x80)
                 {
                     i += 1;
                 }
@@ -221,7 +225,9 @@ mod tests {
     #[test]
     fn constants_become_placeholders() {
         assert_eq!(
-            fingerprint("SELECT *\n FROM t  WHERE id = 42 AND name = 'O''Brien' -- hi\n AND x = E'a\\'b'"),
+            fingerprint(
+                "SELECT *\n FROM t  WHERE id = 42 AND name = 'O''Brien' -- hi\n AND x = E'a\\'b'"
+            ),
             "SELECT * FROM t WHERE id = ? AND name = ? AND x = ?"
         );
         assert_eq!(

@@ -104,7 +104,8 @@ impl Filter {
 }
 
 fn opt_eq(want: &Option<String>, have: &Option<String>) -> bool {
-    want.as_ref().map_or(true, |w| have.as_deref() == Some(w.as_str()))
+    want.as_ref()
+        .map_or(true, |w| have.as_deref() == Some(w.as_str()))
 }
 
 pub struct AuditStore {
@@ -229,16 +230,13 @@ impl AuditStore {
     }
 
     /// Signs the current head unless a checkpoint already covers it.
-    pub fn checkpoint(
-        &mut self,
-        key: &SigningKey,
-    ) -> Result<Option<Checkpoint>, AuditStoreError> {
+    pub fn checkpoint(&mut self, key: &SigningKey) -> Result<Option<Checkpoint>, AuditStoreError> {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let (id, hash) = Self::head_in(&tx)?;
-        let covered: Option<i64> = tx
-            .query_row("SELECT max(last_id) FROM checkpoints", [], |r| r.get(0))?;
+        let covered: Option<i64> =
+            tx.query_row("SELECT max(last_id) FROM checkpoints", [], |r| r.get(0))?;
         if id == 0 || covered.is_some_and(|c| c as u64 >= id) {
             return Ok(None);
         }

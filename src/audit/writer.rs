@@ -122,14 +122,16 @@ impl Audit {
         let reserved = Arc::new(AtomicUsize::new(0));
         let failing = Arc::new(AtomicBool::new(false));
         let counters = Arc::new(Counters::default());
-        let thread = std::thread::Builder::new().name("pgward-audit".into()).spawn({
-            let reserved = Arc::clone(&reserved);
-            let failing = Arc::clone(&failing);
-            let counters = Arc::clone(&counters);
-            let batch = cfg.batch.max(1);
-            let interval = cfg.checkpoint_interval;
-            move || write_loop(store, key, rx, reserved, failing, counters, batch, interval)
-        })?;
+        let thread = std::thread::Builder::new()
+            .name("pgward-audit".into())
+            .spawn({
+                let reserved = Arc::clone(&reserved);
+                let failing = Arc::clone(&failing);
+                let counters = Arc::clone(&counters);
+                let batch = cfg.batch.max(1);
+                let interval = cfg.checkpoint_interval;
+                move || write_loop(store, key, rx, reserved, failing, counters, batch, interval)
+            })?;
         Ok(Arc::new(Audit {
             tx,
             reserved,
@@ -159,12 +161,10 @@ impl Audit {
             if n >= self.capacity {
                 return Err(Unavailable::QueueFull);
             }
-            match self.reserved.compare_exchange_weak(
-                n,
-                n + 1,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
+            match self
+                .reserved
+                .compare_exchange_weak(n, n + 1, Ordering::AcqRel, Ordering::Acquire)
+            {
                 Ok(_) => {
                     return Ok(Slot {
                         reserved: Some(Arc::clone(&self.reserved)),
@@ -350,7 +350,9 @@ fn store_batch(
                 if failing.swap(false, Ordering::AcqRel) {
                     tracing::warn!("audit store recovered");
                 }
-                counters.stored.fetch_add(events.len() as u64, Ordering::Relaxed);
+                counters
+                    .stored
+                    .fetch_add(events.len() as u64, Ordering::Relaxed);
                 counters.batches.fetch_add(1, Ordering::Relaxed);
                 events.clear();
                 return;
@@ -400,7 +402,11 @@ mod tests {
         let mut acks = Vec::new();
         for _ in 0..100 {
             let slot = audit.reserve().await.unwrap();
-            acks.push(audit.send(slot, Event::new(Kind::Statement, "test")).unwrap());
+            acks.push(
+                audit
+                    .send(slot, Event::new(Kind::Statement, "test"))
+                    .unwrap(),
+            );
         }
         for ack in acks {
             ack.await.unwrap();

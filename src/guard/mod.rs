@@ -21,7 +21,8 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 use rand::Rng;
 
-use crate::policy::Role;
+use crate::audit::{Analysis, Decision as AuditDecision};
+use crate::policy::{ColumnRule, Role, TableName};
 use crate::sql::{Enforcer, Refusal, Rewritten};
 use cache::{AnalysisCache, Decision};
 use schema_cache::{SchemaCache, Source};
@@ -38,6 +39,8 @@ pub struct Outcome {
     pub frame: Bytes,
     /// Set when the statement was refused: the marker id and the refusal.
     pub refused: Option<(u64, Refusal)>,
+    /// What the audit event says about the decision.
+    pub analysis: Analysis,
 }
 
 pub struct Guard {
@@ -182,12 +185,14 @@ impl Guard {
                     Ok(r) => Outcome {
                         frame: query_frame(&r.sql),
                         refused: None,
+                        analysis: self.describe(r),
                     },
                     Err(refusal) => {
                         let (text, refused) = self.marker(refusal.clone());
                         Outcome {
                             frame: query_frame(&text),
                             refused: Some(refused),
+                            analysis: denied(refusal),
                         }
                     }
                 }
@@ -198,10 +203,13 @@ impl Guard {
                     Some((name, sql, tail))
                 });
                 let Some((Ok(name), sql, tail)) = parsed else {
-                    let (text, refused) = self.marker(self.not_utf8());
+                    let refusal = self.not_utf8();
+                    let analysis = denied(&refusal);
+                    let (text, refused) = self.marker(refusal);
                     return Outcome {
                         frame: parse_frame(b"", &text, &[0, 0]),
                         refused: Some(refused),
+                        analysis,
                     };
                 };
                 let result = match sql {
@@ -212,12 +220,14 @@ impl Guard {
                     Ok(r) => Outcome {
                         frame: parse_frame(name.as_bytes(), &r.sql, tail),
                         refused: None,
+                        analysis: self.describe(r),
                     },
                     Err(refusal) => {
                         let (text, refused) = self.marker(refusal.clone());
                         Outcome {
                             frame: parse_frame(name.as_bytes(), &text, tail),
                             refused: Some(refused),
+                            analysis: denied(refusal),
                         }
                     }
                 }
@@ -227,13 +237,56 @@ impl Guard {
                     "the fast-path function call interface",
                     "it calls functions by OID, outside SQL analysis",
                 );
+                let analysis = denied(&refusal);
                 let (text, refused) = self.marker(refusal);
                 Outcome {
                     frame: query_frame(&text),
                     refused: Some(refused),
+                    analysis,
                 }
             }
         }
+    }
+
+    /// The tables, masks and row filters a rewritten statement used.
+    fn describe(&self, r: &Rewritten) -> Analysis {
+        let mut a = Analysis {
+            sent: Some(r.sql.clone()),
+            decision: Some(AuditDecision::Rewritten),
+            ..Analysis::default()
+        };
+        for table in &r.tables {
+            let name = table.to_string();
+            if let Some(policy) = self.table_policy(table) {
+                for (column, rule) in &policy.columns {
+                    if let ColumnRule::Mask(mask) = rule {
+                        let kind = format!("{mask:?}");
+                        let kind = kind.split([' ', '{']).next().unwrap_or("custom");
+                        a.masks
+                            .push(format!("{name}.{column}: {}", kind.to_ascii_lowercase()));
+                    }
+                }
+            }
+            let filter = self
+                .enforcer
+                .tables
+                .get(table)
+                .and_then(|p| p.template.as_ref().ok())
+                .and_then(|c| c.filter.as_ref());
+            if let Some(filter) = filter {
+                a.filters.push(format!("{name}: {filter}"));
+            }
+            a.relations.push(name);
+        }
+        a
+    }
+
+    fn table_policy(&self, table: &TableName) -> Option<&crate::policy::TablePolicy> {
+        let full = table.to_string();
+        self.role
+            .tables
+            .get(&full)
+            .or_else(|| self.role.tables.get(&table.table))
     }
 
     fn not_utf8(&self) -> Refusal {
@@ -248,6 +301,14 @@ impl Guard {
 
     pub fn enforcer(&self) -> &Enforcer {
         &self.enforcer
+    }
+}
+
+fn denied(refusal: &Refusal) -> Analysis {
+    Analysis {
+        decision: Some(AuditDecision::Denied),
+        reason: Some(refusal.message.clone()),
+        ..Analysis::default()
     }
 }
 

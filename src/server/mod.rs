@@ -143,12 +143,26 @@ pub async fn serve(
         analysis: AnalysisCache::new(config.enforcement.analysis_cache),
         hash_key: masking_key(&config.enforcement.masking_key)?,
     });
+    let audit = {
+        let a = &config.audit;
+        let cfg = crate::audit::WriterConfig {
+            path: a.path.clone(),
+            key: a.signing_key.clone(),
+            queue: a.queue,
+            batch: a.batch,
+            on_failure: a.on_failure,
+            checkpoint_interval: a.checkpoint_interval,
+            instance: a.instance_name(),
+        };
+        tokio::task::spawn_blocking(move || crate::audit::Audit::start(cfg)).await??
+    };
     let ctx = Arc::new(Context::new(
         runtime,
         auth,
         Arc::clone(&metrics),
         terminate_rx,
         guard,
+        Arc::clone(&audit),
     ));
 
     let listener = TcpListener::bind(config.listen)
@@ -225,6 +239,8 @@ pub async fn serve(
         let _ = terminate_tx.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(10), slots.acquire_many(all)).await;
     }
+    // Everything the sessions recorded is stored and signed before exit.
+    audit.close().await;
     tracing::info!("pgward stopped");
     Ok(())
 }
@@ -241,10 +257,28 @@ fn reload(ctx: &Context, config_path: &Path) {
             }
             tracing::info!(roles = new.policies.len(), "configuration reloaded");
             ctx.runtime.store(Arc::new(new));
+            admin_event(
+                ctx,
+                "policy.reload",
+                "configuration and policies reloaded".into(),
+            );
         }
         Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "reload failed; keeping the running configuration")
+            let message = format!("{e:#}");
+            tracing::error!(error = %message, "reload failed; keeping the running configuration");
+            admin_event(ctx, "policy.reload_failed", message);
         }
+    }
+}
+
+/// An administrative event by pgward itself.
+fn admin_event(ctx: &Context, action: &str, detail: String) {
+    let event = crate::audit::Event::admin(ctx.audit.instance(), "pgward", action, detail);
+    match ctx.audit.reserve_now() {
+        Ok(slot) => {
+            let _ = ctx.audit.send(slot, event);
+        }
+        Err(why) => tracing::warn!(%why, action, "could not record an administrative event"),
     }
 }
 

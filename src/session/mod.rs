@@ -10,6 +10,7 @@ pub mod cancel;
 pub mod pipeline;
 pub mod relay;
 pub mod startup;
+pub mod statements;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +24,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{watch, OwnedSemaphorePermit};
 use tracing::Instrument;
 
+use crate::audit::{Audit, Event, Kind, SessionInfo, Slot};
 use crate::auth::{Authenticator, Identity, LoginName};
 use crate::config::Config;
 use crate::error::{PgError, SqlState};
@@ -60,6 +62,7 @@ pub struct Context {
     pub terminate: watch::Receiver<bool>,
     /// Schema and analysis caches and the masking key, for restricted roles.
     pub guard: Arc<GuardContext>,
+    pub audit: Arc<Audit>,
     next_id: AtomicU64,
 }
 
@@ -70,6 +73,7 @@ impl Context {
         metrics: Arc<Metrics>,
         terminate: watch::Receiver<bool>,
         guard: Arc<GuardContext>,
+        audit: Arc<Audit>,
     ) -> Context {
         Context {
             runtime: ArcSwap::from_pointee(runtime),
@@ -78,6 +82,7 @@ impl Context {
             metrics,
             terminate,
             guard,
+            audit,
             next_id: AtomicU64::new(1),
         }
     }
@@ -116,8 +121,11 @@ pub async fn run(
         let _ = tcp.set_nodelay(true);
         let rt = ctx.runtime.load_full();
         let startup_timeout = rt.config.sessions.startup_timeout;
-        let opened =
-            tokio::time::timeout(startup_timeout, open(&ctx, &rt, tcp, peer, slot.is_some())).await;
+        let opened = tokio::time::timeout(
+            startup_timeout,
+            open(&ctx, &rt, tcp, peer, slot.is_some(), id),
+        )
+        .await;
         drop(starting);
         let opened = match opened {
             Ok(Some(opened)) => opened,
@@ -135,9 +143,15 @@ pub async fn run(
             limits,
             guard,
             database,
+            who,
             _cancel,
         } = opened;
         tracing::info!(user = %identity.user, role = %identity.role, "session started");
+        let recorder = statements::Recorder::new(
+            Arc::clone(&ctx.audit),
+            Arc::clone(&who),
+            rt.config.audit.parameters,
+        );
         let started = Instant::now();
         let end = relay::relay(
             client,
@@ -149,11 +163,20 @@ pub async fn run(
             ctx.terminate.clone(),
             relay::Enforcement {
                 guard,
+                recorder: Some(recorder),
+                ack_timeout: rt.config.audit.ack_timeout,
                 schemas: Arc::clone(&ctx.guard.schemas),
                 database,
             },
         )
         .await;
+        let mut ended = Event::new(Kind::SessionEnd, ctx.audit.instance());
+        ended.who = Some(who);
+        ended.outcome = Some(end.label().to_string());
+        ended.duration_us = Some(started.elapsed().as_micros() as u64);
+        if ctx.audit.record(ended).await.is_err() {
+            tracing::warn!(user = %identity.user, "the audit trail could not record the end of a session");
+        }
         tracing::info!(
             user = %identity.user,
             reason = end.label(),
@@ -174,6 +197,7 @@ struct Opened {
     limits: Limits,
     guard: Option<Guard>,
     database: String,
+    who: Arc<SessionInfo>,
     _cancel: cancel::CancelGuard,
 }
 
@@ -185,6 +209,7 @@ async fn open(
     tcp: TcpStream,
     peer: SocketAddr,
     has_slot: bool,
+    session: u64,
 ) -> Option<Opened> {
     let allow_plain = rt.config.tls.allow_plaintext_loopback;
     let (mut client, msg) =
@@ -204,24 +229,76 @@ async fn open(
                 return None;
             }
         };
+    // Places for the login and session-start events, taken before the
+    // person is let in: without them the login is refused.
+    let (login_slot, start_slot) = match reserve_two(&ctx.audit).await {
+        Ok(slots) => slots,
+        Err(why) => {
+            let err = PgError::fatal(
+                SqlState::INSUFFICIENT_RESOURCES,
+                format!("pgward: logins cannot be audited ({why}); refusing them until the audit store recovers"),
+            );
+            tracing::warn!(%err, "login refused");
+            refuse(client, &err).await;
+            return None;
+        }
+    };
+    let mut who = SessionInfo {
+        session: Some(session),
+        user: msg.get("user").map(str::to_string),
+        client_addr: Some(peer.ip().to_string()),
+        tls_version: client.tls_version().map(str::to_string),
+        application_name: msg.get("application_name").map(str::to_string),
+        database: msg.get("database").map(str::to_string),
+        ..SessionInfo::default()
+    };
+    let mut event = Event::new(Kind::Login, ctx.audit.instance());
     match login(ctx, rt, &mut client, &msg, has_slot).await {
-        Ok(Some(ready)) => Some(Opened {
-            client,
-            client_buf: ready.client_buf,
-            upstream: ready.upstream,
-            identity: ready.identity,
-            limits: ready.limits,
-            guard: ready.guard,
-            database: ready.database,
-            _cancel: ready.cancel,
-        }),
-        Ok(None) => None,
+        Ok(Some(ready)) => {
+            who.user = Some(ready.identity.user.to_string());
+            who.role = Some(ready.identity.role.to_string());
+            who.database = Some(ready.database.clone());
+            who.upstream_user = Some(ready.upstream_user.clone());
+            let who = Arc::new(who);
+            event.who = Some(Arc::clone(&who));
+            event.outcome = Some("ok".into());
+            let _ = ctx.audit.send(login_slot, event);
+            let mut start = Event::new(Kind::SessionStart, ctx.audit.instance());
+            start.who = Some(Arc::clone(&who));
+            let _ = ctx.audit.send(start_slot, start);
+            Some(Opened {
+                client,
+                client_buf: ready.client_buf,
+                upstream: ready.upstream,
+                identity: ready.identity,
+                limits: ready.limits,
+                guard: ready.guard,
+                database: ready.database,
+                who,
+                _cancel: ready.cancel,
+            })
+        }
+        Ok(None) => {
+            event.who = Some(Arc::new(who));
+            event.outcome = Some("client_left".into());
+            let _ = ctx.audit.send(login_slot, event);
+            None
+        }
         Err(err) => {
             tracing::info!(%err, "login refused");
+            event.who = Some(Arc::new(who));
+            event.outcome = Some("refused".into());
+            event.sqlstate = Some(err.code.0.to_string());
+            event.reason = Some(err.message.clone());
+            let _ = ctx.audit.send(login_slot, event);
             refuse(client, &err).await;
             None
         }
     }
+}
+
+async fn reserve_two(audit: &Audit) -> Result<(Slot, Slot), crate::audit::Unavailable> {
+    Ok((audit.reserve().await?, audit.reserve().await?))
 }
 
 async fn forward_cancel(ctx: &Context, process_id: u32, secret_key: u32) {
@@ -292,6 +369,7 @@ struct Ready {
     limits: Limits,
     guard: Option<Guard>,
     database: String,
+    upstream_user: String,
     cancel: cancel::CancelGuard,
 }
 
@@ -475,6 +553,7 @@ async fn login(
         limits,
         guard,
         database: database.to_string(),
+        upstream_user: role.upstream.user.clone(),
         cancel,
     }))
 }

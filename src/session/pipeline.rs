@@ -14,10 +14,14 @@
 //!   no Sync behind it yet.
 //!
 //! [`Pipeline`] mirrors those rules from the message tags alone. It is pure
-//! state, fed by both relay directions under one lock.
+//! state, fed by both relay directions under one lock. Each request can
+//! carry the audit [`Record`] of its statement; the pipeline hands records
+//! back in [`Pipeline::done`] when their request completes.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
+
+use super::statements::Record;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
@@ -32,9 +36,17 @@ enum Kind {
     CopyEnd,
 }
 
-#[derive(Debug, Default)]
+struct Entry {
+    kind: Kind,
+    sent: Instant,
+    record: Option<Box<Record>>,
+}
+
+#[derive(Default)]
 pub struct Pipeline {
-    queue: VecDeque<(Kind, Instant)>,
+    queue: VecDeque<Entry>,
+    /// Records of requests that completed, for the relay to finish.
+    pub done: Vec<Box<Record>>,
     /// The server is in copy-in mode and the client has not ended it yet:
     /// Syncs sent now are ignored by the server.
     copy_in: bool,
@@ -45,6 +57,11 @@ pub struct Pipeline {
 impl Pipeline {
     /// A message the client sent (and pgward forwarded).
     pub fn client_sent(&mut self, tag: u8, now: Instant) {
+        self.client_sent_with(tag, now, None);
+    }
+
+    /// [`Pipeline::client_sent`] with the statement's audit record.
+    pub fn client_sent_with(&mut self, tag: u8, now: Instant, record: Option<Box<Record>>) {
         let kind = match tag {
             b'Q' => Kind::Query,
             b'F' => Kind::Call,
@@ -71,7 +88,55 @@ impl Pipeline {
         if self.skipping && matches!(kind, Kind::Query | Kind::Call | Kind::Execute) {
             return;
         }
-        self.queue.push_back((kind, now));
+        self.queue.push_back(Entry {
+            kind,
+            sent: now,
+            record,
+        });
+    }
+
+    /// The request the database is answering now, if it has a record.
+    fn current(&mut self) -> Option<&mut Entry> {
+        self.queue.iter_mut().find(|e| {
+            e.record.is_some() && matches!(e.kind, Kind::Query | Kind::Call | Kind::Execute)
+        })
+    }
+
+    /// A DataRow (`is_row`) or CopyData of `len` bytes from the database.
+    pub fn server_data(&mut self, len: usize, is_row: bool) {
+        if let Some(r) = self.current().and_then(|e| e.record.as_mut()) {
+            r.data(len, is_row);
+        }
+    }
+
+    /// A reply that completes or annotates the current request:
+    /// CommandComplete (`C`), EmptyQueryResponse (`I`), PortalSuspended
+    /// (`s`) with their bodies, or an ErrorResponse's SQLSTATE (`E`).
+    pub fn server_reply(&mut self, tag: u8, body: &[u8], sqlstate: Option<&str>) {
+        let Some(entry) = self.current() else {
+            return;
+        };
+        let execute = entry.kind == Kind::Execute;
+        if let Some(r) = entry.record.as_mut() {
+            match tag {
+                b'C' => r.complete(body),
+                b'E' => r.error(sqlstate.unwrap_or("XX000")),
+                _ => {}
+            }
+        }
+        if execute && matches!(tag, b'C' | b'I' | b's' | b'E') {
+            if let Some(r) = entry.record.take() {
+                self.done.push(r);
+            }
+        }
+    }
+
+    /// Records still waiting when the session ends.
+    pub fn take_unfinished(&mut self) -> Vec<Box<Record>> {
+        self.queue
+            .iter_mut()
+            .filter_map(|e| e.record.take())
+            .collect()
     }
 
     /// A message the server sent. Returns the round-trip time when a
@@ -79,9 +144,10 @@ impl Pipeline {
     pub fn server_sent(&mut self, tag: u8) -> Option<Duration> {
         match tag {
             b'Z' => {
-                while let Some((kind, sent)) = self.queue.pop_front() {
-                    if matches!(kind, Kind::Query | Kind::Call | Kind::Sync) {
-                        return Some(sent.elapsed());
+                while let Some(entry) = self.queue.pop_front() {
+                    self.done.extend(entry.record);
+                    if matches!(entry.kind, Kind::Query | Kind::Call | Kind::Sync) {
+                        return Some(entry.sent.elapsed());
                     }
                 }
                 None
@@ -90,11 +156,11 @@ impl Pipeline {
             // CopyDone are ignored by the server, and so are those sent
             // before the client ends the copy.
             b'G' => {
-                let end = self.queue.iter().position(|(k, _)| *k == Kind::CopyEnd);
+                let end = self.queue.iter().position(|e| e.kind == Kind::CopyEnd);
                 let limit = end.unwrap_or(self.queue.len());
                 let mut i = 0;
-                self.queue.retain(|(k, _)| {
-                    let keep = i > limit || (i < limit && *k != Kind::Sync);
+                self.queue.retain(|e| {
+                    let keep = i > limit || (i < limit && e.kind != Kind::Sync);
                     i += 1;
                     keep
                 });
@@ -103,21 +169,26 @@ impl Pipeline {
             }
             b'E' => {
                 self.copy_in = false;
-                let simple = matches!(self.queue.front(), Some((Kind::Query | Kind::Call, _)));
+                let simple = matches!(
+                    self.queue.front().map(|e| e.kind),
+                    Some(Kind::Query | Kind::Call)
+                );
                 if !simple {
                     // Extended protocol: everything up to the next Sync is
                     // discarded without an answer.
-                    match self.queue.iter().position(|(k, _)| *k == Kind::Sync) {
+                    // (Requests discarded this way never ran: their records
+                    // are dropped, which frees their audit places.)
+                    match self.queue.iter().position(|e| e.kind == Kind::Sync) {
                         Some(sync) => {
                             let mut i = 0;
-                            self.queue.retain(|(k, _)| {
-                                let keep = i >= sync || *k == Kind::CopyEnd;
+                            self.queue.retain(|e| {
+                                let keep = i >= sync || e.kind == Kind::CopyEnd;
                                 i += 1;
                                 keep
                             });
                         }
                         None => {
-                            self.queue.retain(|(k, _)| *k == Kind::CopyEnd);
+                            self.queue.retain(|e| e.kind == Kind::CopyEnd);
                             self.skipping = true;
                         }
                     }

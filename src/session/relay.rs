@@ -21,9 +21,10 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{split, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::sync::{watch, Notify};
+use tokio::sync::{oneshot, watch, Notify};
 use tokio::time::Instant;
 
+use crate::audit::{Audit, OnFailure, Slot, Unavailable};
 use crate::error::{PgError, SqlState};
 use crate::guard::schema_cache::SchemaCache;
 use crate::guard::{errors, Guard};
@@ -32,6 +33,7 @@ use crate::net::backend::{error_response, ErrorFields};
 use crate::net::frame::{Header, HEADER_LEN};
 use crate::net::stream::Stream;
 use crate::session::pipeline::Pipeline;
+use crate::session::statements::Recorder;
 use crate::sql::Refusal;
 
 /// Frames larger than this, of a streamable type, are forwarded in pieces.
@@ -68,8 +70,13 @@ pub enum SessionEnd {
     IdleTimeout(Duration),
     LifetimeExceeded(Duration),
     Shutdown,
-    MessageTooLarge { size: usize, limit: usize },
+    MessageTooLarge {
+        size: usize,
+        limit: usize,
+    },
     ProtocolViolation(String),
+    /// Statements cannot be recorded (`audit.on_failure: refuse`).
+    AuditUnavailable(String),
 }
 
 impl SessionEnd {
@@ -106,6 +113,11 @@ impl SessionEnd {
                 SqlState::PROTOCOL_VIOLATION,
                 format!("pgward: invalid message from client: {what}"),
             ),
+            SessionEnd::AuditUnavailable(why) => PgError::fatal(
+                SqlState::INSUFFICIENT_RESOURCES,
+                format!("pgward: statements cannot be audited ({why}); refusing to run them unrecorded"),
+            )
+            .with_hint("the audit store must recover; see audit.on_failure"),
             SessionEnd::UpstreamClosed | SessionEnd::UpstreamIo(_) => PgError::fatal(
                 SqlState::CONNECTION_FAILURE,
                 "pgward: the database closed the connection unexpectedly",
@@ -130,6 +142,7 @@ impl SessionEnd {
             SessionEnd::Shutdown => "shutdown",
             SessionEnd::MessageTooLarge { .. } => "message_too_large",
             SessionEnd::ProtocolViolation(_) => "protocol_violation",
+            SessionEnd::AuditUnavailable(_) => "audit_unavailable",
         }
     }
 }
@@ -296,10 +309,14 @@ async fn write_fatal<W: AsyncWrite + Unpin>(w: &mut W, err: &PgError) {
     .await;
 }
 
-/// Statement enforcement and schema tracking for one session.
+/// Statement enforcement, auditing and schema tracking for one session.
 pub struct Enforcement {
     /// Present for restricted roles: every statement goes through it.
     pub guard: Option<Guard>,
+    /// Statement events; absent only in tests of the bare relay.
+    pub recorder: Option<Recorder>,
+    /// How long a ReadyForQuery waits for its statements' events.
+    pub ack_timeout: Duration,
     /// Told when DDL completes, so restricted sessions see the new schema.
     pub schemas: Arc<SchemaCache>,
     pub database: String,
@@ -320,9 +337,12 @@ pub async fn relay(
 ) -> SessionEnd {
     let Enforcement {
         guard,
+        recorder,
+        ack_timeout,
         schemas,
         database,
     } = enforcement;
+    let audit = recorder.as_ref().map(|r| Arc::clone(&r.audit));
     let marker_prefix = guard.as_ref().map(Guard::marker_prefix);
     let (mut client_r, mut client_w) = split(client);
     let (mut upstream_r, mut upstream_w) = split(upstream);
@@ -344,6 +364,7 @@ pub async fn relay(
             &limits,
             &metrics,
             guard,
+            recorder,
         );
         let u2c = upstream_to_client(
             &mut upstream_r,
@@ -355,6 +376,8 @@ pub async fn relay(
             shutdown,
             marker_prefix.as_deref(),
             &on_ddl,
+            audit.as_deref(),
+            ack_timeout,
         );
         tokio::pin!(c2u, u2c);
         tokio::select! {
@@ -373,6 +396,13 @@ pub async fn relay(
             end = &mut u2c => end,
         }
     };
+    if let Some(audit) = &audit {
+        // Requests forwarded but not answered (the session ended first)
+        // still leave their event.
+        for record in shared.pipeline().take_unfinished() {
+            record.abandon(audit, "unfinished: the session ended first");
+        }
+    }
     let upstream_gone = matches!(end, SessionEnd::UpstreamClosed | SessionEnd::UpstreamIo(_));
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
         if !upstream_gone && shared.upstream_at_boundary.load(Ordering::Acquire) {
@@ -414,6 +444,7 @@ async fn linger(client: &mut ReadHalf<Stream>) {
 /// Frames a guard rewrote are gathered up to this size before one write.
 const REWRITE_BATCH: usize = 256 * 1024;
 
+#[allow(clippy::too_many_arguments)]
 async fn client_to_upstream(
     client: &mut ReadHalf<Stream>,
     upstream: &mut WriteHalf<Stream>,
@@ -422,20 +453,25 @@ async fn client_to_upstream(
     limits: &Limits,
     metrics: &Metrics,
     mut guard: Option<Guard>,
+    mut recorder: Option<Recorder>,
 ) -> SessionEnd {
     let mut scanner = Scanner::default();
     let guarded = guard.is_some();
+    // A place in the audit queue obtained by waiting (`on_failure: block`)
+    // for the frame the last scan stopped at.
+    let mut waited_slot: Option<Slot> = None;
     // For guarded sessions: bytes to send, passed-through and rewritten.
     let mut out = BytesMut::new();
     loop {
         let mut statements = 0u64;
         let mut intercept = false;
+        let mut unavailable: Option<Unavailable> = None;
         let now = Instant::now().into_std();
         let scan = scanner.scan(
             &buf,
             limits.max_message_size,
             |tag| tag == b'd',
-            |tag, _frame| {
+            |tag, frame| {
                 if tag == b'X' {
                     return false;
                 }
@@ -443,11 +479,38 @@ async fn client_to_upstream(
                     intercept = true;
                     return false;
                 }
+                let body = frame.get(HEADER_LEN..).unwrap_or(&[]);
+                let mut record = None;
+                if let Some(rec) = recorder.as_mut() {
+                    match tag {
+                        b'P' => rec.parse(body, None),
+                        b'B' => rec.bind(body),
+                        b'C' => rec.close(body),
+                        b'Q' | b'E' | b'F' => {
+                            let slot = match waited_slot.take() {
+                                Some(slot) => slot,
+                                None => match rec.audit.reserve_now() {
+                                    Ok(slot) => slot,
+                                    Err(why) => {
+                                        unavailable = Some(why);
+                                        return false;
+                                    }
+                                },
+                            };
+                            record = Some(match tag {
+                                b'Q' => rec.query(body, None, slot),
+                                b'E' => rec.execute(body, slot),
+                                _ => rec.call(body, None, slot),
+                            });
+                        }
+                        _ => {}
+                    }
+                }
                 if matches!(tag, b'Q' | b'E') {
                     statements += 1;
                 }
                 if matches!(tag, b'Q' | b'F' | b'E' | b'S' | b'c' | b'f') {
-                    shared.pipeline().client_sent(tag, now);
+                    shared.pipeline().client_sent_with(tag, now, record);
                 }
                 true
             },
@@ -475,8 +538,54 @@ async fn client_to_upstream(
                 metrics.bytes_from_clients.inc_by(total as u64);
                 let outcome = guard.client_frame(&frame);
                 let sent = outcome.frame.first().copied().unwrap_or(0);
+                let tag = frame.first().copied().unwrap_or(0);
+                let body = frame.get(HEADER_LEN..).unwrap_or(&[]);
+                let mut record = None;
+                if let Some(rec) = recorder.as_mut() {
+                    if tag == b'P' {
+                        rec.parse(body, Some(outcome.analysis.clone()));
+                    } else {
+                        let slot = match waited_slot.take() {
+                            Some(slot) => Ok(slot),
+                            None => rec.audit.reserve_now(),
+                        };
+                        match slot {
+                            Ok(slot) if tag == b'Q' => {
+                                record = Some(rec.query(body, Some(&outcome.analysis), slot))
+                            }
+                            Ok(slot) => {
+                                record = Some(rec.call(body, Some(&outcome.analysis), slot))
+                            }
+                            Err(why) => {
+                                // Nothing of this frame has been sent.
+                                unavailable = Some(why);
+                            }
+                        }
+                    }
+                }
+                if let Some(why) = unavailable {
+                    match recorder.as_ref().map(|r| r.audit.on_failure()) {
+                        Some(OnFailure::Block) => {
+                            // Put the frame back and wait for room.
+                            let mut back = BytesMut::with_capacity(frame.len() + buf.len());
+                            back.extend_from_slice(&frame);
+                            back.extend_from_slice(&buf);
+                            buf = back;
+                            if let Some(rec) = recorder.as_ref() {
+                                match rec.audit.reserve().await {
+                                    Ok(slot) => waited_slot = Some(slot),
+                                    Err(why) => {
+                                        return SessionEnd::AuditUnavailable(why.to_string())
+                                    }
+                                }
+                            }
+                            continue;
+                        }
+                        _ => return SessionEnd::AuditUnavailable(why.to_string()),
+                    }
+                }
                 if matches!(sent, b'Q' | b'F') {
-                    shared.pipeline().client_sent(sent, now);
+                    shared.pipeline().client_sent_with(sent, now, record);
                 }
                 if frame.first() == Some(&b'Q') {
                     statements += 1;
@@ -522,6 +631,21 @@ async fn client_to_upstream(
                 shared
                     .upstream_at_boundary
                     .store(scanner.at_boundary(), Ordering::Release);
+            }
+        }
+        if let Some(why) = unavailable.take() {
+            // The frame the scan stopped at cannot be recorded: wait for
+            // room (`block`) or end the session (`refuse`).
+            let audit = recorder.as_ref().map(|r| Arc::clone(&r.audit));
+            match audit {
+                Some(audit) if audit.on_failure() == OnFailure::Block => {
+                    match audit.reserve().await {
+                        Ok(slot) => waited_slot = Some(slot),
+                        Err(why) => return SessionEnd::AuditUnavailable(why.to_string()),
+                    }
+                    continue;
+                }
+                _ => return SessionEnd::AuditUnavailable(why.to_string()),
             }
         }
         if scan.stopped {
@@ -602,9 +726,17 @@ async fn upstream_to_client(
     mut shutdown: watch::Receiver<bool>,
     marker: Option<&str>,
     on_ddl: &(dyn Fn() + Sync),
+    audit: Option<&Audit>,
+    ack_timeout: Duration,
 ) -> SessionEnd {
     let mut scanner = Scanner::default();
     let mut saw_fatal = false;
+    // The ReadyForQuery at the front of `buf` was already accounted for
+    // and is being held until its statements' events are stored.
+    let mut held_z = false;
+    // The event of the last statement that completed; FIFO storage means
+    // that when it is stored, so are all before it.
+    let mut pending_ack: Option<oneshot::Receiver<()>> = None;
     let lifetime = async {
         match limits.max_lifetime {
             Some(d) => tokio::time::sleep(d).await,
@@ -618,18 +750,42 @@ async fn upstream_to_client(
     loop {
         let mut error_next = false;
         let mut ddl = false;
+        let mut hold = false;
         let scan = scanner.scan(
             &buf,
             UPSTREAM_MAX_MESSAGE,
-            // Only the tiny messages pgward tracks are read whole (and, in
-            // guarded sessions, errors, which get rewritten).
-            |tag| !(matches!(tag, b'Z' | b'G') || (guarded && tag == b'E')),
+            // Only the tiny messages pgward tracks are read whole (and
+            // errors, whose SQLSTATE is recorded and which guarded
+            // sessions rewrite).
+            |tag| !matches!(tag, b'Z' | b'G' | b'E' | b'C'),
             |tag, frame| {
-                if tag == b'E' && ErrorFields::parse(&frame[HEADER_LEN..]).is_fatal() {
-                    saw_fatal = true;
+                if tag == b'Z' && held_z {
+                    held_z = false;
+                    return true;
                 }
-                if tag == b'C' && is_ddl(&frame[HEADER_LEN..]) {
+                let body = frame.get(HEADER_LEN..).unwrap_or(&[]);
+                let mut sqlstate = None;
+                if tag == b'E' {
+                    let fields = ErrorFields::parse(body);
+                    saw_fatal |= fields.is_fatal();
+                    sqlstate = Some(fields.code);
+                }
+                if tag == b'C' && is_ddl(body) {
                     ddl = true;
+                }
+                if audit.is_some() {
+                    match tag {
+                        b'D' | b'd' => {
+                            let len = Header::parse(frame).map_or(frame.len(), |h| h.total_len());
+                            shared.pipeline().server_data(len, tag == b'D');
+                        }
+                        b'C' | b'I' | b's' | b'E' => {
+                            shared
+                                .pipeline()
+                                .server_reply(tag, body, sqlstate.as_deref());
+                        }
+                        _ => {}
+                    }
                 }
                 if matches!(tag, b'Z' | b'G' | b'E') {
                     let mut pipeline = shared.pipeline();
@@ -638,6 +794,20 @@ async fn upstream_to_client(
                     }
                     if pipeline.is_idle() {
                         shared.went_idle.notify_one();
+                    }
+                }
+                if let Some(audit) = audit {
+                    let done: Vec<_> = shared.pipeline().done.drain(..).collect();
+                    for record in done {
+                        if let Some(rx) = record.finish(audit) {
+                            pending_ack = Some(rx);
+                        }
+                    }
+                    // Hold ReadyForQuery until what completed is stored.
+                    if tag == b'Z' && pending_ack.is_some() {
+                        held_z = true;
+                        hold = true;
+                        return false;
                     }
                 }
                 // Forward what precedes a guarded error; the error itself
@@ -679,6 +849,24 @@ async fn upstream_to_client(
                 _ = &mut lifetime => return lifetime_end(),
                 _ = shutdown_requested(&mut shutdown) => return SessionEnd::Shutdown,
             }
+        }
+        if hold {
+            if let Some(ack) = pending_ack.take() {
+                let stored = tokio::select! {
+                    stored = tokio::time::timeout(ack_timeout, ack) => matches!(stored, Ok(Ok(()))),
+                    _ = &mut lifetime => return lifetime_end(),
+                };
+                if !stored {
+                    let end = SessionEnd::AuditUnavailable(
+                        "the events of its last statements were not stored in time".into(),
+                    );
+                    if let Some(err) = end.fatal() {
+                        write_fatal(client, &err).await;
+                    }
+                    return end;
+                }
+            }
+            continue;
         }
         if let (true, Some(marker)) = (error_next, marker) {
             let total = Header::parse(&buf).map_or(0, |h| h.total_len());

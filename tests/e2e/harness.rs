@@ -249,7 +249,8 @@ impl Proxy {
         proxy
     }
 
-    fn spawn(&mut self) {
+    /// Starts `pgward serve` (again, after a kill) on the same config.
+    pub fn spawn(&mut self) {
         let log = std::fs::File::create(self.log_path()).expect("log file");
         let child = Command::new(PGWARD)
             .args(["serve", "--config"])

@@ -4,6 +4,8 @@
 mod harness;
 mod raw;
 
+mod audit;
+mod audit_cli;
 mod auth;
 mod bad_input;
 mod cancel;

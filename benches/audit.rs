@@ -1,0 +1,111 @@
+//! The audit trail's costs: encoding and hashing one statement event (the
+//! writer does this per event), and the sustained rate of the whole
+//! pipeline — reserve, queue, batch, SQLite commit, acknowledgement — on
+//! this machine. The target is ≥ 50,000 events/s.
+//!
+//! `cargo bench --bench audit`
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use criterion::{criterion_group, Criterion};
+use pgward::audit::chain::GENESIS;
+use pgward::audit::store::next_hash;
+use pgward::audit::{Audit, Decision, Event, Kind, OnFailure, SessionInfo, WriterConfig};
+
+fn statement(who: &Arc<SessionInfo>) -> Event {
+    let mut e = Event::new(Kind::Statement, "bench");
+    e.who = Some(Arc::clone(who));
+    e.text = Some("SELECT abalance FROM pgbench_accounts WHERE aid = 48213;".into());
+    e.fingerprint = Some("SELECT abalance FROM pgbench_accounts WHERE aid = ?;".into());
+    e.relations = vec!["pgbench_accounts".into()];
+    e.decision = Some(Decision::Allowed);
+    e.sqlstate = Some("00000".into());
+    e.rows = Some(1);
+    e.bytes = Some(24);
+    e.duration_us = Some(95);
+    e
+}
+
+fn who() -> Arc<SessionInfo> {
+    Arc::new(SessionInfo {
+        session: Some(12),
+        user: Some("alice".into()),
+        role: Some("dba".into()),
+        client_addr: Some("10.1.2.3".into()),
+        tls_version: Some("TLSv1.3".into()),
+        application_name: Some("pgbench".into()),
+        database: Some("clinic".into()),
+        upstream_user: Some("postgres".into()),
+        ..SessionInfo::default()
+    })
+}
+
+fn encode_and_hash(c: &mut Criterion) {
+    let who = who();
+    let event = statement(&who);
+    c.bench_function("audit/encode+hash", |b| {
+        b.iter(|| {
+            let body = event.encode();
+            next_hash(&GENESIS, &body)
+        })
+    });
+}
+
+/// Events per second through the writer, from 4 producer tasks.
+fn pipeline_rate(total: usize) -> f64 {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let audit = Audit::start(WriterConfig {
+        path: dir.path().join("audit.db"),
+        key: dir.path().join("audit.key"),
+        queue: 65536,
+        batch: 1024,
+        on_failure: OnFailure::Block,
+        checkpoint_interval: std::time::Duration::from_secs(1),
+        instance: "bench".into(),
+    })
+    .expect("audit");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let who = who();
+    let started = Instant::now();
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for _ in 0..4 {
+            let audit = Arc::clone(&audit);
+            let who = Arc::clone(&who);
+            tasks.push(tokio::spawn(async move {
+                let mut last = None;
+                for _ in 0..total / 4 {
+                    let slot = audit.reserve().await.expect("slot");
+                    last = audit.send(slot, statement(&who)).or(last);
+                }
+                if let Some(ack) = last {
+                    let _ = ack.await;
+                }
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        audit.close().await;
+    });
+    total as f64 / started.elapsed().as_secs_f64()
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(50);
+    targets = encode_and_hash
+}
+
+fn main() {
+    benches();
+    let n = 400_000;
+    let rate = pipeline_rate(n);
+    println!("audit/pipeline: {n} events stored in batches at {rate:.0} events/s");
+    Criterion::default().configure_from_args().final_summary();
+}
