@@ -17,6 +17,8 @@
 #   SCALE      pgbench scale factor (default 10)
 #   IDLE_N     idle sessions for the memory measurement (default 200)
 #   PGWARD     pgward binary (default target/release/pgward)
+#   AUDIT_DURABILITY  commit (default: ReadyForQuery waits for the stored
+#              audit event) or queue
 set -euo pipefail
 
 DURATION=${DURATION:-10}
@@ -147,6 +149,9 @@ log "pgward init"
   --upstream-tls require \
   --listen "127.0.0.1:$PGWARD_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" >/dev/null
 CERTS=$TMP/pgward/certs
+if [[ -n ${AUDIT_DURABILITY:-} ]]; then
+  printf '\naudit:\n  durability: %s\n' "$AUDIT_DURABILITY" >>"$TMP/pgward/pgward.yaml"
+fi
 echo "$BENCH_PW" | "$PGWARD" user add bench --role dba --password-stdin \
   --config "$TMP/pgward/pgward.yaml" >/dev/null
 # The restricted role: the filter keeps every row (so both roles do the same

@@ -119,6 +119,11 @@ pub struct AuditConfig {
     /// How often the chain's head is signed (when it has moved).
     #[serde(with = "humantime_serde")]
     pub checkpoint_interval: Duration,
+    /// `commit`: a statement's ReadyForQuery waits until its event is
+    /// stored (nothing a client saw complete is lost, even on kill -9);
+    /// `queue`: it waits only for a place in the queue (faster; a crash
+    /// can lose the events of the last milliseconds).
+    pub durability: AuditDurability,
     /// How long a statement's ReadyForQuery waits for its event to be
     /// stored before the session is ended.
     #[serde(with = "humantime_serde")]
@@ -128,6 +133,14 @@ pub struct AuditConfig {
     pub parameters: AuditParameters,
     /// Name of this pgward in events; the host name if absent.
     pub instance: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditDurability {
+    #[default]
+    Commit,
+    Queue,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -148,6 +161,7 @@ impl Default for AuditConfig {
             batch: 1024,
             on_failure: crate::audit::OnFailure::Refuse,
             checkpoint_interval: Duration::from_secs(1),
+            durability: AuditDurability::Commit,
             ack_timeout: Duration::from_secs(10),
             parameters: AuditParameters::Off,
             instance: None,

@@ -164,7 +164,8 @@ pub async fn run(
             relay::Enforcement {
                 guard,
                 recorder: Some(recorder),
-                ack_timeout: rt.config.audit.ack_timeout,
+                ack_timeout: (rt.config.audit.durability == crate::config::AuditDurability::Commit)
+                    .then_some(rt.config.audit.ack_timeout),
                 schemas: Arc::clone(&ctx.guard.schemas),
                 database,
             },

@@ -315,8 +315,9 @@ pub struct Enforcement {
     pub guard: Option<Guard>,
     /// Statement events; absent only in tests of the bare relay.
     pub recorder: Option<Recorder>,
-    /// How long a ReadyForQuery waits for its statements' events.
-    pub ack_timeout: Duration,
+    /// How long a ReadyForQuery waits for its statements' events; `None`:
+    /// it does not wait (`audit.durability: queue`).
+    pub ack_timeout: Option<Duration>,
     /// Told when DDL completes, so restricted sessions see the new schema.
     pub schemas: Arc<SchemaCache>,
     pub database: String,
@@ -727,7 +728,7 @@ async fn upstream_to_client(
     marker: Option<&str>,
     on_ddl: &(dyn Fn() + Sync),
     audit: Option<&Audit>,
-    ack_timeout: Duration,
+    ack_timeout: Option<Duration>,
 ) -> SessionEnd {
     let mut scanner = Scanner::default();
     let mut saw_fatal = false;
@@ -800,7 +801,9 @@ async fn upstream_to_client(
                     let done: Vec<_> = shared.pipeline().done.drain(..).collect();
                     for record in done {
                         if let Some(rx) = record.finish(audit) {
-                            pending_ack = Some(rx);
+                            if ack_timeout.is_some() {
+                                pending_ack = Some(rx);
+                            }
                         }
                     }
                     // Hold ReadyForQuery until what completed is stored.
@@ -853,7 +856,7 @@ async fn upstream_to_client(
         if hold {
             if let Some(ack) = pending_ack.take() {
                 let stored = tokio::select! {
-                    stored = tokio::time::timeout(ack_timeout, ack) => matches!(stored, Ok(Ok(()))),
+                    stored = tokio::time::timeout(ack_timeout.unwrap_or_default(), ack) => matches!(stored, Ok(Ok(()))),
                     _ = &mut lifetime => return lifetime_end(),
                 };
                 if !stored {
