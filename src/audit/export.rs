@@ -39,7 +39,9 @@ use serde_json::{Map, Value};
 use super::chain::{link, Checkpoint, Hash};
 use super::event::{format_time, Decision, Event};
 use super::ocsf;
-use super::store::{digest, AuditStore, AuditStoreError, Filter, Stored};
+use super::store::{
+    digest, AuditStore, AuditStoreError, Filter, Stored, SELECT_EVENTS, SELECT_INDEXED,
+};
 
 pub(crate) const HEADER_PREFIX: &str = "{\"pgward_export\":";
 pub(crate) const SKIP_PREFIX: &str = "{\"pgward_skip\":";
@@ -192,24 +194,6 @@ fn range(store: &AuditStore, filter: &Filter) -> Result<(u64, u64), ExportError>
     Ok((from, last_id))
 }
 
-pub(crate) const SELECT_EVENTS: &str =
-    "SELECT id, time_us, kind, user, database, class, relations, body, hash FROM events";
-
-/// A row of [`SELECT_EVENTS`].
-pub(crate) fn stored(r: &Row<'_>) -> rusqlite::Result<Stored> {
-    Ok(Stored {
-        id: r.get::<_, i64>(0)? as u64,
-        time_us: r.get(1)?,
-        kind: r.get(2)?,
-        user: r.get(3)?,
-        database: r.get(4)?,
-        class: r.get(5)?,
-        relations: r.get(6)?,
-        body: r.get(7)?,
-        hash: r.get(8)?,
-    })
-}
-
 fn to_i64(id: u64) -> i64 {
     id.min(i64::MAX as u64) as i64
 }
@@ -228,24 +212,12 @@ fn each_match(
         last_id: to,
         ..ExportStats::default()
     };
-    let mut stmt = store.connection().prepare(&format!(
-        "{SELECT_EVENTS} WHERE id >= ?1 AND id <= ?2
-           AND (?3 IS NULL OR time_us < ?3) AND (?4 IS NULL OR user = ?4)
-           AND (?5 IS NULL OR database = ?5) AND (?6 IS NULL OR class = ?6)
-           AND (?7 IS NULL OR kind = ?7)
-         ORDER BY id"
-    ))?;
-    let mut rows = stmt.query(params![
-        to_i64(from),
-        to_i64(to),
-        filter.until_us,
-        filter.user,
-        filter.database,
-        filter.class,
-        filter.kind
-    ])?;
+    let mut stmt = store
+        .connection()
+        .prepare(&format!("{SELECT_EVENTS} {IN_RANGE_FILTERED}"))?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(range_params(filter, from, to)))?;
     while let Some(r) = rows.next()? {
-        let s = stored(r)?;
+        let s = Stored::from_row(r)?;
         stats.scanned += 1;
         if stats.scanned % PROGRESS_EVERY == 0 {
             progress(stats.scanned);
@@ -307,6 +279,27 @@ impl Skips {
     }
 }
 
+/// Events with an id in `?1..=?2` that pass the filter's indexed columns
+/// in SQL ([`Filter::matches`] decides the rest); see [`range_params`].
+const IN_RANGE_FILTERED: &str = "WHERE id >= ?1 AND id <= ?2
+   AND (?3 IS NULL OR time_us < ?3) AND (?4 IS NULL OR user = ?4)
+   AND (?5 IS NULL OR database = ?5) AND (?6 IS NULL OR class = ?6)
+   AND (?7 IS NULL OR kind = ?7)
+ ORDER BY id";
+
+/// The parameters of [`IN_RANGE_FILTERED`].
+fn range_params(filter: &Filter, from: u64, to: u64) -> [Box<dyn rusqlite::ToSql + '_>; 7] {
+    [
+        Box::new(to_i64(from)),
+        Box::new(to_i64(to)),
+        Box::new(filter.until_us),
+        Box::new(filter.user.as_deref()),
+        Box::new(filter.database.as_deref()),
+        Box::new(filter.class.as_deref()),
+        Box::new(filter.kind.as_deref()),
+    ]
+}
+
 fn first_match(
     conn: &Connection,
     filter: &Filter,
@@ -314,35 +307,10 @@ fn first_match(
     to: u64,
 ) -> Result<Option<u64>, ExportError> {
     // Indexed columns only: no need to read bodies to find the start.
-    let mut stmt = conn.prepare(
-        "SELECT id, time_us, kind, user, database, class, relations FROM events
-         WHERE id >= ?1 AND id <= ?2
-           AND (?3 IS NULL OR time_us < ?3) AND (?4 IS NULL OR user = ?4)
-           AND (?5 IS NULL OR database = ?5) AND (?6 IS NULL OR class = ?6)
-           AND (?7 IS NULL OR kind = ?7)
-         ORDER BY id",
-    )?;
-    let mut rows = stmt.query(params![
-        to_i64(from),
-        to_i64(to),
-        filter.until_us,
-        filter.user,
-        filter.database,
-        filter.class,
-        filter.kind
-    ])?;
+    let mut stmt = conn.prepare(&format!("{SELECT_INDEXED} {IN_RANGE_FILTERED}"))?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(range_params(filter, from, to)))?;
     while let Some(r) = rows.next()? {
-        let s = Stored {
-            id: r.get::<_, i64>(0)? as u64,
-            time_us: r.get(1)?,
-            kind: r.get(2)?,
-            user: r.get(3)?,
-            database: r.get(4)?,
-            class: r.get(5)?,
-            relations: r.get(6)?,
-            body: Vec::new(),
-            hash: Vec::new(),
-        };
+        let s = Stored::from_indexed_row(r)?;
         if filter.matches(&s) {
             return Ok(Some(s.id));
         }
@@ -417,7 +385,7 @@ fn jsonl(
     ))?;
     let mut rows = stmt.query(params![to_i64(id), to_i64(last_id)])?;
     while let Some(r) = rows.next()? {
-        let e = stored(r)?;
+        let e = Stored::from_row(r)?;
         if e.id != id + 1 {
             return Err(ExportError::Broken {
                 event: id + 1,

@@ -69,6 +69,40 @@ pub struct Stored {
     pub hash: Vec<u8>,
 }
 
+/// Every column of an event, in the order [`Stored::from_row`] reads.
+pub const SELECT_EVENTS: &str =
+    "SELECT id, time_us, kind, user, database, class, relations, body, hash FROM events";
+
+/// The indexed columns only, for finding events without reading bodies
+/// ([`Stored::from_indexed_row`]).
+pub const SELECT_INDEXED: &str =
+    "SELECT id, time_us, kind, user, database, class, relations FROM events";
+
+impl Stored {
+    /// A row of [`SELECT_EVENTS`].
+    pub fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Stored> {
+        let mut s = Stored::from_indexed_row(r)?;
+        s.body = r.get(7)?;
+        s.hash = r.get(8)?;
+        Ok(s)
+    }
+
+    /// A row of [`SELECT_INDEXED`]: body and hash left empty.
+    pub fn from_indexed_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Stored> {
+        Ok(Stored {
+            id: r.get::<_, i64>(0)? as u64,
+            time_us: r.get(1)?,
+            kind: r.get(2)?,
+            user: r.get(3)?,
+            database: r.get(4)?,
+            class: r.get(5)?,
+            relations: r.get(6)?,
+            body: Vec::new(),
+            hash: Vec::new(),
+        })
+    }
+}
+
 /// Which events to read.
 #[derive(Clone, Debug, Default)]
 pub struct Filter {
@@ -267,30 +301,25 @@ impl AuditStore {
 
     /// Calls `f` for each event with an id in `from..=to` (all when `None`),
     /// in id order, without holding more than one in memory.
-    pub fn scan(
+    pub fn scan<E: From<AuditStoreError>>(
         &self,
         from: u64,
         to: Option<u64>,
-        mut f: impl FnMut(Stored) -> Result<(), AuditStoreError>,
-    ) -> Result<(), AuditStoreError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT id, time_us, kind, user, database, class, relations, body, hash
-             FROM events WHERE id >= ?1 AND id <= ?2 ORDER BY id",
-        )?;
-        let to = to.map_or(i64::MAX, |t| t.min(i64::MAX as u64) as i64);
-        let mut rows = stmt.query(params![from as i64, to])?;
-        while let Some(r) = rows.next()? {
-            f(Stored {
-                id: r.get::<_, i64>(0)? as u64,
-                time_us: r.get(1)?,
-                kind: r.get(2)?,
-                user: r.get(3)?,
-                database: r.get(4)?,
-                class: r.get(5)?,
-                relations: r.get(6)?,
-                body: r.get(7)?,
-                hash: r.get(8)?,
-            })?;
+        mut f: impl FnMut(Stored) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let clamp = |id: u64| id.min(i64::MAX as u64) as i64;
+        let to = to.map_or(i64::MAX, clamp);
+        let mut stmt = self
+            .conn
+            .prepare(&format!(
+                "{SELECT_EVENTS} WHERE id >= ?1 AND id <= ?2 ORDER BY id"
+            ))
+            .map_err(AuditStoreError::from)?;
+        let mut rows = stmt
+            .query(params![clamp(from), to])
+            .map_err(AuditStoreError::from)?;
+        while let Some(r) = rows.next().map_err(AuditStoreError::from)? {
+            f(Stored::from_row(r).map_err(AuditStoreError::from)?)?;
         }
         Ok(())
     }
@@ -346,7 +375,7 @@ mod tests {
         assert_eq!(events[2].id, 3);
         let mut hash = GENESIS;
         store
-            .scan(1, None, |e| {
+            .scan(1, None, |e| -> Result<(), AuditStoreError> {
                 hash = next_hash(&hash, &e.body);
                 assert_eq!(e.hash, hash.to_vec());
                 Ok(())

@@ -27,8 +27,8 @@ use serde_json::json;
 use super::ConfigArg;
 use crate::audit::chain::{read_public_key, SigningKey};
 use crate::audit::event::{format_time, Event, Kind};
-use crate::audit::export::{decision_str, export, filters_json, stored, Format, SELECT_EVENTS};
-use crate::audit::store::{AuditStore, Filter, Stored};
+use crate::audit::export::{decision_str, export, filters_json, Format};
+use crate::audit::store::{AuditStore, Filter, Stored, SELECT_INDEXED};
 use crate::audit::verify::{verify_export, verify_store, Report};
 use crate::config::Config;
 
@@ -465,37 +465,19 @@ fn public_key(config_path: &Path, out: Option<&Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Calls `f` for each event with an id in `from..=to`, in order.
-fn each_event(
-    store: &AuditStore,
-    from: u64,
-    to: u64,
-    mut f: impl FnMut(Stored) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
-    let mut stmt = store.connection().prepare(&format!(
-        "{SELECT_EVENTS} WHERE id >= ?1 AND id <= ?2 ORDER BY id"
-    ))?;
-    let clamp = |id: u64| id.min(i64::MAX as u64) as i64;
-    let mut rows = stmt.query([clamp(from), clamp(to)])?;
-    while let Some(r) = rows.next()? {
-        f(stored(r)?)?;
-    }
-    Ok(())
-}
-
 /// The ids of the last `n` events `filter` selects, oldest first.
 fn last_matches(store: &AuditStore, filter: &Filter, n: usize) -> anyhow::Result<Vec<u64>> {
     let mut ids = Vec::new();
     if n == 0 {
         return Ok(ids);
     }
-    let mut stmt = store.connection().prepare(
-        "SELECT id, time_us, kind, user, database, class, relations FROM events
-         WHERE (?1 IS NULL OR time_us >= ?1) AND (?2 IS NULL OR time_us < ?2)
-           AND (?3 IS NULL OR user = ?3) AND (?4 IS NULL OR database = ?4)
-           AND (?5 IS NULL OR class = ?5) AND (?6 IS NULL OR kind = ?6)
-         ORDER BY id DESC",
-    )?;
+    let mut stmt = store.connection().prepare(&format!(
+        "{SELECT_INDEXED}
+             WHERE (?1 IS NULL OR time_us >= ?1) AND (?2 IS NULL OR time_us < ?2)
+               AND (?3 IS NULL OR user = ?3) AND (?4 IS NULL OR database = ?4)
+               AND (?5 IS NULL OR class = ?5) AND (?6 IS NULL OR kind = ?6)
+             ORDER BY id DESC"
+    ))?;
     let mut rows = stmt.query(rusqlite::params![
         filter.since_us,
         filter.until_us,
@@ -505,17 +487,7 @@ fn last_matches(store: &AuditStore, filter: &Filter, n: usize) -> anyhow::Result
         filter.kind
     ])?;
     while let Some(r) = rows.next()? {
-        let s = Stored {
-            id: r.get::<_, i64>(0)? as u64,
-            time_us: r.get(1)?,
-            kind: r.get(2)?,
-            user: r.get(3)?,
-            database: r.get(4)?,
-            class: r.get(5)?,
-            relations: r.get(6)?,
-            body: Vec::new(),
-            hash: Vec::new(),
-        };
+        let s = Stored::from_indexed_row(r)?;
         if filter.matches(&s) {
             ids.push(s.id);
             if ids.len() == n {
@@ -536,7 +508,7 @@ fn tail(config_path: &Path, n: usize, follow: bool, filter: &Filter) -> anyhow::
     let result = (|| -> anyhow::Result<()> {
         let ids = last_matches(&store, filter, n)?;
         if let (Some(&first), Some(&newest)) = (ids.first(), ids.last()) {
-            each_event(&store, first, newest, |s| {
+            store.scan(first, Some(newest), |s| -> anyhow::Result<()> {
                 if filter.matches(&s) {
                     writeln!(out, "{}", describe(&s))?;
                 }
@@ -550,7 +522,7 @@ fn tail(config_path: &Path, n: usize, follow: bool, filter: &Filter) -> anyhow::
         }
         loop {
             std::thread::sleep(Duration::from_millis(500));
-            each_event(&store, last + 1, u64::MAX, |s| {
+            store.scan(last + 1, None, |s| -> anyhow::Result<()> {
                 last = s.id;
                 if filter.matches(&s) {
                     writeln!(out, "{}", describe(&s))?;

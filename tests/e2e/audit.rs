@@ -21,12 +21,16 @@ fn events(proxy: &Proxy) -> Vec<Event> {
     let (_, mut hash) = store.base().expect("base");
     let mut out = Vec::new();
     store
-        .scan(1, None, |e| {
-            hash = next_hash(&hash, &e.body);
-            assert_eq!(e.hash, hash.to_vec(), "chain broken at event {}", e.id);
-            out.push(Event::decode(&e.body).expect("event body"));
-            Ok(())
-        })
+        .scan(
+            1,
+            None,
+            |e| -> Result<(), pgward::audit::store::AuditStoreError> {
+                hash = next_hash(&hash, &e.body);
+                assert_eq!(e.hash, hash.to_vec(), "chain broken at event {}", e.id);
+                out.push(Event::decode(&e.body).expect("event body"));
+                Ok(())
+            },
+        )
         .expect("scan");
     out
 }
