@@ -797,8 +797,11 @@ async fn upstream_to_client(
                         shared.went_idle.notify_one();
                     }
                 }
-                if let Some(audit) = audit {
-                    let done: Vec<_> = shared.pipeline().done.drain(..).collect();
+                // Only these replies complete a request (DataRows do not:
+                // no lock or drain per row).
+                let completes = matches!(tag, b'C' | b'I' | b's' | b'E' | b'Z');
+                if let (Some(audit), true) = (audit, completes) {
+                    let done = std::mem::take(&mut shared.pipeline().done);
                     for record in done {
                         if let Some(rx) = record.finish(audit) {
                             if ack_timeout.is_some() {
