@@ -1,7 +1,9 @@
 //! The audit trail's costs: encoding and hashing one statement event (the
 //! writer does this per event), and the sustained rate of the whole
 //! pipeline — reserve, queue, batch, SQLite commit, acknowledgement — on
-//! this machine. The target is ≥ 50,000 events/s.
+//! this machine (target ≥ 50,000 events/s), and the latency of one
+//! acknowledged event — what a statement waits for before its
+//! ReadyForQuery with `audit.durability: commit`.
 //!
 //! `cargo bench --bench audit`
 
@@ -52,19 +54,23 @@ fn encode_and_hash(c: &mut Criterion) {
     });
 }
 
-/// Events per second through the writer, from 4 producer tasks.
-fn pipeline_rate(total: usize) -> f64 {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let audit = Audit::start(WriterConfig {
-        path: dir.path().join("audit.db"),
-        key: dir.path().join("audit.key"),
+fn writer(dir: &std::path::Path) -> Arc<Audit> {
+    Audit::start(WriterConfig {
+        path: dir.join("audit.db"),
+        key: dir.join("audit.key"),
         queue: 65536,
         batch: 1024,
         on_failure: OnFailure::Block,
         checkpoint_interval: std::time::Duration::from_secs(1),
         instance: "bench".into(),
     })
-    .expect("audit");
+    .expect("audit")
+}
+
+/// Events per second through the writer, from 4 producer tasks.
+fn pipeline_rate(total: usize) -> f64 {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let audit = writer(dir.path());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -96,6 +102,31 @@ fn pipeline_rate(total: usize) -> f64 {
     total as f64 / started.elapsed().as_secs_f64()
 }
 
+/// Mean time from queueing one event to its acknowledgement when each
+/// waits for the last (one session, `durability: commit`), in µs.
+fn acknowledged_latency(n: usize) -> f64 {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let audit = writer(dir.path());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let who = who();
+    let started = Instant::now();
+    rt.block_on(async {
+        for _ in 0..n {
+            let slot = audit.reserve().await.expect("slot");
+            if let Some(ack) = audit.send(slot, statement(&who)) {
+                let _ = ack.await;
+            }
+        }
+    });
+    let us = started.elapsed().as_secs_f64() * 1e6 / n as f64;
+    rt.block_on(audit.close());
+    us
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(50);
@@ -107,5 +138,7 @@ fn main() {
     let n = 400_000;
     let rate = pipeline_rate(n);
     println!("audit/pipeline: {n} events stored in batches at {rate:.0} events/s");
+    let us = acknowledged_latency(20_000);
+    println!("audit/acknowledged: one event at a time, {us:.1} µs from queueing to stored");
     Criterion::default().configure_from_args().final_summary();
 }

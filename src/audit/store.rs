@@ -187,6 +187,22 @@ impl AuditStore {
         Ok(AuditStore { conn })
     }
 
+    /// Leaves WAL checkpoints — which fsync, and would otherwise stall
+    /// every few hundredth commit by milliseconds — to
+    /// [`AuditStore::merge_wal`] on another connection, off the commit path.
+    pub fn defer_wal_merges(&self) -> Result<(), AuditStoreError> {
+        self.conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        Ok(())
+    }
+
+    /// Copies committed WAL content into the database file (PASSIVE: never
+    /// waits for, nor blocks, the writer).
+    pub fn merge_wal(&self) -> Result<(), AuditStoreError> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+
     /// The raw connection, for tests that tamper with the store.
     pub fn connection(&self) -> &Connection {
         &self.conn

@@ -94,6 +94,8 @@ pub struct Audit {
     instance: String,
     pub counters: Arc<Counters>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// Tells the WAL merging thread to stop.
+    stopped: Arc<AtomicBool>,
 }
 
 /// A place in the queue, held from before a statement runs until its event
@@ -116,6 +118,15 @@ impl Audit {
         use anyhow::Context as _;
         let store = AuditStore::open(&cfg.path)
             .with_context(|| format!("opening the audit store {}", cfg.path.display()))?;
+        store.defer_wal_merges()?;
+        let merger = AuditStore::open(&cfg.path)?;
+        let stopped = Arc::new(AtomicBool::new(false));
+        std::thread::Builder::new()
+            .name("pgward-audit-wal".into())
+            .spawn({
+                let stopped = Arc::clone(&stopped);
+                move || merge_loop(merger, stopped)
+            })?;
         let key = SigningKey::load_or_create(&cfg.key)?;
         let capacity = cfg.queue.max(1);
         let (tx, rx) = sync_channel(capacity);
@@ -141,6 +152,7 @@ impl Audit {
             instance: cfg.instance,
             counters,
             thread: Mutex::new(Some(thread)),
+            stopped,
         }))
     }
 
@@ -242,6 +254,7 @@ impl Audit {
     /// Flushes and stops the writer (at shutdown).
     pub async fn close(&self) {
         self.flush().await;
+        self.stopped.store(true, Ordering::Release);
         let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
         drop(thread);
     }
@@ -333,6 +346,17 @@ fn enrich(e: &mut Event, relations: &mut Relations) {
         e.relations = relations.of(&fp, text);
     }
     e.fingerprint = Some(fp);
+}
+
+/// Merges the WAL into the database file every half second, on its own
+/// connection, so the writer's commits never pay for it.
+fn merge_loop(store: AuditStore, stopped: Arc<AtomicBool>) {
+    while !stopped.load(Ordering::Acquire) {
+        std::thread::sleep(Duration::from_millis(500));
+        if let Err(e) = store.merge_wal() {
+            tracing::debug!(error = %e, "audit WAL merge skipped");
+        }
+    }
 }
 
 /// Stores a batch, retrying until it succeeds: events are never dropped
