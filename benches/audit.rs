@@ -63,6 +63,7 @@ fn writer(dir: &std::path::Path) -> Arc<Audit> {
         on_failure: OnFailure::Block,
         checkpoint_interval: std::time::Duration::from_secs(1),
         instance: "bench".into(),
+        alerts: Default::default(),
     })
     .expect("audit")
 }
@@ -127,6 +128,21 @@ fn acknowledged_latency(n: usize) -> f64 {
     us
 }
 
+/// Mean time of one transaction storing one event, with no thread
+/// hand-offs: the floor under `acknowledged`, in µs.
+fn lone_commit(n: usize) -> f64 {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut store =
+        pgward::audit::store::AuditStore::open(&dir.path().join("audit.db")).expect("store");
+    store.defer_wal_merges().expect("defer merges");
+    let who = who();
+    let started = Instant::now();
+    for _ in 0..n {
+        store.append(&mut [statement(&who)]).expect("append");
+    }
+    started.elapsed().as_secs_f64() * 1e6 / n as f64
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(50);
@@ -140,5 +156,7 @@ fn main() {
     println!("audit/pipeline: {n} events stored in batches at {rate:.0} events/s");
     let us = acknowledged_latency(20_000);
     println!("audit/acknowledged: one event at a time, {us:.1} µs from queueing to stored");
+    let us = lone_commit(20_000);
+    println!("audit/commit: one event per transaction, {us:.1} µs (no thread hand-offs)");
     Criterion::default().configure_from_args().final_summary();
 }

@@ -9,7 +9,8 @@
 # session. pgbench also runs through pgward as a restricted role (every
 # statement analyzed and rewritten; pgbench_accounts behind a masked,
 # row-filtered subquery) to price the policy engine against an unrestricted
-# role. Every client uses TLS (sslmode=require) against every target.
+# role, and through a second pgward with audit.record_statements off to
+# price the audit trail. Every client uses TLS (sslmode=require) against every target.
 # Everything started here is stopped and deleted on exit.
 #
 # Environment:
@@ -139,6 +140,8 @@ PG_PORT=$(free_port)
 BOUNCER_PORT=$(free_port)
 PGWARD_PORT=$(free_port)
 ADMIN_PORT=$(free_port)
+OFF_PORT=$(free_port)
+OFF_ADMIN_PORT=$(free_port)
 export PGCONNECT_TIMEOUT=10
 
 # ---------------------------------------------------------------- pgward init
@@ -171,6 +174,14 @@ roles:
       public.pgbench_tellers: {}
       public.pgbench_history: {}
 EOF
+# The same pgward without statement events: what auditing costs.
+"$PGWARD" init --dir "$TMP/pgward-off" \
+  --upstream "postgres://postgres:$PW@127.0.0.1:$PG_PORT" \
+  --upstream-tls require \
+  --listen "127.0.0.1:$OFF_PORT" --admin-listen "127.0.0.1:$OFF_ADMIN_PORT" >/dev/null
+printf '\naudit:\n  record_statements: false\n' >>"$TMP/pgward-off/pgward.yaml"
+echo "$BENCH_PW" | "$PGWARD" user add bench --role dba --password-stdin \
+  --config "$TMP/pgward-off/pgward.yaml" >/dev/null
 echo "$BENCH_PW" | "$PGWARD" user add masked --role masked --attr max_branch=1000000 \
   --password-stdin --config "$TMP/pgward/pgward.yaml" >/dev/null
 
@@ -248,6 +259,10 @@ log "pgward serve, port $PGWARD_PORT"
 PGWARD_PID=$!
 PIDS+=("$PGWARD_PID")
 wait_port "$PGWARD_PORT" pgward "$PGWARD_PID"
+"$PGWARD" serve --config "$TMP/pgward-off/pgward.yaml" >"$TMP/pgward-off.log" 2>&1 &
+OFF_PID=$!
+PIDS+=("$OFF_PID")
+wait_port "$OFF_PORT" "pgward (audit off)" "$OFF_PID"
 
 # ---------------------------------------------------------------- targets
 TARGETS=(direct pgbouncer pgward)
@@ -260,6 +275,8 @@ PASS[pgbouncer]=$PW
 PASS[pgward]=$BENCH_PW
 CONN[masked]="host=127.0.0.1 port=$PGWARD_PORT user=masked dbname=postgres sslmode=require"
 PASS[masked]=$BENCH_PW
+CONN[audit_off]="host=127.0.0.1 port=$OFF_PORT user=bench dbname=postgres sslmode=require"
+PASS[audit_off]=$BENCH_PW
 
 for t in "${TARGETS[@]}"; do
   ssl=$(PGPASSWORD=${PASS[$t]} timeout 30 psql "${CONN[$t]}" -XAtqc "select ssl from pg_stat_ssl where pid = pg_backend_pid()" 2>&1) ||
@@ -275,7 +292,7 @@ PGPASSWORD=$PW timeout 600 pgbench -i -q -s "$SCALE" "${CONN[direct]}" >"$TMP/pg
 # ---------------------------------------------------------------- pgbench
 declare -A TPS LAT
 MODES=("simple 1" "simple 16" "prepared 1" "prepared 16")
-for t in "${TARGETS[@]}" masked; do
+for t in "${TARGETS[@]}" masked audit_off; do
   for m in "${MODES[@]}"; do
     read -r mode clients <<<"$m"
     jobs=$((clients > 1 ? 2 : 1))
@@ -366,5 +383,13 @@ for m in "${MODES[@]}"; do
   read -r mode clients <<<"$m"
   printf '%-22s  %-24s  %-24s  %s\n' "select $mode -c $clients" \
     "$(cell pgward "$m")" "$(cell masked "$m")" "$(ratio "${TPS[masked,$m]}" "${TPS[pgward,$m]}")"
+done
+echo
+echo "audit trail: pgward with statement events (durability ${AUDIT_DURABILITY:-commit}) vs audit.record_statements off"
+printf '%-22s  %-24s  %-24s  %s\n' workload "pgward audit on" "pgward audit off" on/off
+for m in "${MODES[@]}"; do
+  read -r mode clients <<<"$m"
+  printf '%-22s  %-24s  %-24s  %s\n' "select $mode -c $clients" \
+    "$(cell pgward "$m")" "$(cell audit_off "$m")" "$(ratio "${TPS[pgward,$m]}" "${TPS[audit_off,$m]}")"
 done
 echo "idle client memory (pgward): $PER_SESSION KiB per session ($IDLE_N sessions; pgward RSS $RSS_BEFORE -> $RSS_AFTER KiB, $RSS_CLOSED KiB after they closed)"

@@ -131,8 +131,27 @@ pub struct AuditConfig {
     /// Bind parameters in statement events: `off`, `redacted` (types and
     /// sizes only) or `full`.
     pub parameters: AuditParameters,
+    /// How long events are kept: older ones are pruned, at a signed
+    /// checkpoint so the rest still verifies. `forever` (or 0) keeps all;
+    /// at least a day otherwise. Needs a restart to change.
+    #[serde(deserialize_with = "retention")]
+    pub retention: Option<Duration>,
+    /// How often pgward prunes (the first time shortly after it starts).
+    #[serde(with = "humantime_serde")]
+    pub prune_interval: Duration,
     /// Name of this pgward in events; the host name if absent.
     pub instance: Option<String>,
+    /// Record an event for every statement (on by default). Off leaves
+    /// logins, sessions and administrative events only — for measuring
+    /// the cost of auditing, or where statement auditing happens elsewhere;
+    /// turning it off is itself an audit event.
+    pub record_statements: bool,
+    /// Alert rules; alerts are events, delivered by the sinks.
+    pub alerts: crate::audit::alerts::AlertRules,
+    /// Where copies of the trail go (JSON-lines files, syslog, webhooks);
+    /// each follows the store from its own cursor. Needs a restart to
+    /// change.
+    pub sinks: Vec<crate::audit::sinks::SinkConfig>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -164,7 +183,12 @@ impl Default for AuditConfig {
             durability: AuditDurability::Commit,
             ack_timeout: Duration::from_secs(10),
             parameters: AuditParameters::Off,
+            retention: Some(crate::audit::retention::DEFAULT_RETENTION),
+            prune_interval: Duration::from_secs(3600),
             instance: None,
+            record_statements: true,
+            alerts: Default::default(),
+            sinks: Vec::new(),
         }
     }
 }
@@ -308,6 +332,25 @@ mod defaults {
     }
 }
 
+/// `audit.retention`: a duration of at least a day (`6years`), or
+/// `forever` or `0` for `None`.
+fn retention<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Number(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Number(0) => Ok(None),
+        Raw::Number(n) => Err(serde::de::Error::custom(format!(
+            "audit.retention {n} needs a unit, such as 6years"
+        ))),
+        Raw::Text(s) => crate::audit::retention::parse_retention(&s)
+            .map_err(|e| serde::de::Error::custom(format!("audit.retention: {e}"))),
+    }
+}
+
 /// Accepts `65536`, `"64KiB"`, `"256MiB"`, `"1GiB"`.
 fn byte_size<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
     #[derive(Deserialize)]
@@ -376,6 +419,9 @@ impl Config {
         resolve(&mut self.enforcement.masking_key);
         resolve(&mut self.audit.path);
         resolve(&mut self.audit.signing_key);
+        for sink in &mut self.audit.sinks {
+            sink.resolve_paths(&resolve);
+        }
         if let Some(ca) = &mut self.upstream.ca_file {
             resolve(ca);
         }
@@ -386,6 +432,11 @@ impl Config {
         if self.audit.queue == 0 || self.audit.batch == 0 {
             return Err("audit.queue and audit.batch must be at least 1".into());
         }
+        if self.audit.prune_interval < Duration::from_secs(1) {
+            return Err("audit.prune_interval must be at least 1s".into());
+        }
+        self.audit.alerts.validate()?;
+        crate::audit::sinks::validate(&self.audit.sinks, &self.audit.path)?;
         if self.auth.max_failures == 0 {
             return Err("auth.max_failures must be at least 1".into());
         }
@@ -449,5 +500,77 @@ mod tests {
         .unwrap();
         let err = Config::load(&path).unwrap_err().to_string();
         assert!(err.contains("allow_plaintext"), "{err}");
+    }
+
+    #[test]
+    fn audit_retention_is_six_years_forever_or_at_least_a_day() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pgward.yaml");
+        let load = |audit: &str| {
+            std::fs::write(
+                &path,
+                format!(
+                    "listen: 127.0.0.1:6432\nupstream: {{host: h, port: 1}}\n\
+                     tls: {{cert: c, key: k}}\nstore: {{path: s}}\npolicies: p\naudit: {audit}\n"
+                ),
+            )
+            .unwrap();
+            Config::load(&path)
+        };
+        let config = load("{}").unwrap();
+        assert_eq!(
+            config.audit.retention,
+            Some(Duration::from_secs(6 * 31_557_600))
+        );
+        assert_eq!(config.audit.prune_interval, Duration::from_secs(3600));
+        let config = load("{retention: 7years, prune_interval: 10m}").unwrap();
+        assert_eq!(
+            config.audit.retention,
+            Some(Duration::from_secs(7 * 31_557_600))
+        );
+        assert_eq!(config.audit.prune_interval, Duration::from_secs(600));
+        assert_eq!(load("{retention: forever}").unwrap().audit.retention, None);
+        assert_eq!(load("{retention: 0}").unwrap().audit.retention, None);
+        let err = load("{retention: 6m}").unwrap_err().to_string();
+        assert!(err.contains("minutes"), "{err}");
+        assert!(load("{retention: 6}").is_err());
+        assert!(load("{prune_interval: 0s}").is_err());
+    }
+
+    #[test]
+    fn audit_sinks_resolve_paths_and_are_validated() {
+        use crate::audit::sinks::Target;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pgward.yaml");
+        let load = |sinks: &str| {
+            std::fs::write(
+                &path,
+                format!(
+                    "listen: 127.0.0.1:6432\nupstream: {{host: h, port: 1}}\n\
+                     tls: {{cert: c, key: k}}\nstore: {{path: s}}\npolicies: p\n\
+                     audit: {{sinks: {sinks}}}\n"
+                ),
+            )
+            .unwrap();
+            Config::load(&path)
+        };
+        let config = load("[{name: logs, type: file, path: log/audit.jsonl}]").unwrap();
+        let Target::File(f) = &config.audit.sinks[0].target else {
+            panic!("{:?}", config.audit.sinks)
+        };
+        assert_eq!(f.path, dir.path().join("log/audit.jsonl"));
+        assert_eq!(
+            config.audit.sinks[0].cursor_path(&config.audit.path),
+            dir.path().join("sinks/logs.cursor")
+        );
+        let err = load("[{name: a, type: syslog, address: nowhere}]")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("audit sink a: address must be host:port"),
+            "{err}"
+        );
+        assert!(load("[]").unwrap().audit.sinks.is_empty());
+        assert!(AuditConfig::default().sinks.is_empty());
     }
 }

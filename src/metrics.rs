@@ -4,9 +4,12 @@
 //! chunk, not per message); only the latency histograms take a lock, once per
 //! completed statement round trip.
 
+use std::sync::{Arc, OnceLock};
+
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::encode;
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
@@ -15,6 +18,12 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Outcome {
     pub outcome: String,
+}
+
+/// An audit sink, by its configured name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkLabel {
+    pub sink: String,
 }
 
 pub struct Metrics {
@@ -30,6 +39,51 @@ pub struct Metrics {
     pub startups_refused: Counter,
     pub upstream_latency: Histogram,
     pub upstream_connect: Histogram,
+    pub sink_delivered: Family<SinkLabel, Counter>,
+    pub sink_failures: Family<SinkLabel, Counter>,
+    pub sink_lag: Family<SinkLabel, Gauge>,
+    audit: Arc<AuditCounters>,
+}
+
+/// The audit writer's own counters (atomics it owns), read at each scrape.
+#[derive(Debug, Default)]
+struct AuditCounters(OnceLock<Arc<crate::audit::writer::Counters>>);
+
+impl Collector for AuditCounters {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let Some(c) = self.0.get() else {
+            return Ok(());
+        };
+        for (name, help, value) in [
+            (
+                "audit_events_stored",
+                "Audit events stored in the chain",
+                &c.stored,
+            ),
+            (
+                "audit_events_dropped",
+                "Statements run unrecorded (audit.on_failure: continue)",
+                &c.dropped,
+            ),
+            ("audit_batches", "Audit store transactions", &c.batches),
+            (
+                "audit_store_failures",
+                "Failed audit store writes (retried)",
+                &c.failures,
+            ),
+            (
+                "audit_alerts",
+                "Alerts raised by the audit rules",
+                &c.alerts,
+            ),
+        ] {
+            let counter = ConstCounter::new(value.load(Relaxed));
+            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(metric)?;
+        }
+        Ok(())
+    }
 }
 
 impl Default for Metrics {
@@ -54,6 +108,10 @@ impl Metrics {
             startups_refused: Counter::default(),
             upstream_latency: Histogram::new(exponential_buckets(0.000_1, 2.0, 20)),
             upstream_connect: Histogram::new(exponential_buckets(0.000_5, 2.0, 16)),
+            sink_delivered: Family::default(),
+            sink_failures: Family::default(),
+            sink_lag: Family::default(),
+            audit: Arc::default(),
         };
         registry.register(
             "connections",
@@ -106,7 +164,28 @@ impl Metrics {
             "Time to open and authenticate a database connection",
             m.upstream_connect.clone(),
         );
+        registry.register(
+            "audit_sink_delivered",
+            "Audit events delivered, by sink",
+            m.sink_delivered.clone(),
+        );
+        registry.register(
+            "audit_sink_failures",
+            "Failed audit sink deliveries (each retried from the store), by sink",
+            m.sink_failures.clone(),
+        );
+        registry.register(
+            "audit_sink_lag",
+            "Audit events stored but not yet delivered, by sink",
+            m.sink_lag.clone(),
+        );
+        registry.register_collector(Box::new(Arc::clone(&m.audit)));
         Metrics { registry, ..m }
+    }
+
+    /// Exposes the audit writer's counters (once, at start).
+    pub fn attach_audit(&self, counters: Arc<crate::audit::writer::Counters>) {
+        let _ = self.audit.0.set(counters);
     }
 
     pub fn login(&self, outcome: &str) {
@@ -117,12 +196,37 @@ impl Metrics {
             .inc();
     }
 
+    fn sink(name: &str) -> SinkLabel {
+        SinkLabel {
+            sink: name.to_string(),
+        }
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+}
+
+impl crate::audit::sinks::Report for Metrics {
+    fn delivered(&self, sink: &str, events: u64) {
+        self.sink_delivered
+            .get_or_create(&Metrics::sink(sink))
+            .inc_by(events);
+    }
+
+    fn failed(&self, sink: &str) {
+        self.sink_failures.get_or_create(&Metrics::sink(sink)).inc();
+    }
+
+    fn lag(&self, sink: &str, events: u64) {
+        let events = i64::try_from(events).unwrap_or(i64::MAX);
+        self.sink_lag
+            .get_or_create(&Metrics::sink(sink))
+            .set(events);
     }
 }
 

@@ -4,14 +4,18 @@
 //! becomes an [`Event`]. Sessions hand events to the [`Audit`] writer, which
 //! stores them in a hash chain in SQLite ([`store`]) and signs checkpoints
 //! of the chain with pgward's Ed25519 key ([`chain`]). `pgward audit
-//! verify`, `export` and `tail` read the store; nothing here knows about
-//! sessions or the network.
+//! verify`, `export` and `tail` read the store, and [`sinks`] follow it to
+//! deliver copies (JSON-lines files, syslog, webhooks); nothing here knows
+//! about sessions.
 
+pub mod alerts;
 pub mod chain;
 pub mod event;
 pub mod export;
 pub mod fingerprint;
 pub mod ocsf;
+pub mod retention;
+pub mod sinks;
 pub mod store;
 pub mod verify;
 pub mod writer;

@@ -250,7 +250,14 @@ impl AuditStore {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let (mut id, mut hash) = Self::head_in(&tx)?;
+        let head = Self::append_in(&tx, events)?;
+        tx.commit()?;
+        Ok(head)
+    }
+
+    /// [`AuditStore::append`] inside a write transaction the caller holds.
+    fn append_in(tx: &Connection, events: &mut [Event]) -> Result<(u64, Hash), AuditStoreError> {
+        let (mut id, mut hash) = Self::head_in(tx)?;
         {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO events (id, time_us, kind, user, database, class, relations, body, hash)
@@ -275,8 +282,70 @@ impl AuditStore {
                 ])?;
             }
         }
-        tx.commit()?;
         Ok((id, hash))
+    }
+
+    /// Moves the start of the stored chain from `from` (the current base)
+    /// to `to`, an event with a signed checkpoint, in one transaction:
+    /// appends `record` (when given) first, deletes the events through
+    /// `to.0` and the checkpoints before it, and makes `to` the base. The
+    /// caller must have verified the events in between
+    /// ([`retention`](super::retention) does). `Ok(false)`, with nothing
+    /// changed, when the base is no longer `from` (another prune ran).
+    pub fn advance_base(
+        &mut self,
+        from: (u64, &Hash),
+        to: (u64, &Hash),
+        record: Option<&mut Event>,
+    ) -> Result<bool, AuditStoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let (base_id, base_hash): (i64, Vec<u8>) =
+            tx.query_row("SELECT base_id, base_hash FROM chain_base", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+        if base_id as u64 != from.0 || base_hash.as_slice() != from.1.as_slice() {
+            return Ok(false);
+        }
+        let to_id = to.0 as i64;
+        let signed: Option<Vec<u8>> = tx
+            .query_row(
+                "SELECT head FROM checkpoints WHERE last_id = ?1",
+                [to_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let stored: Option<Vec<u8>> = tx
+            .query_row("SELECT hash FROM events WHERE id = ?1", [to_id], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if signed.as_deref() != Some(&to.1[..]) || stored.as_deref() != Some(&to.1[..]) {
+            return Err(AuditStoreError::Corrupt(format!(
+                "event {} or its checkpoint changed while the prune ran; nothing was pruned",
+                to.0
+            )));
+        }
+        if let Some(record) = record {
+            Self::append_in(&tx, std::slice::from_mut(record))?;
+        }
+        let deleted = tx.execute("DELETE FROM events WHERE id <= ?1", [to_id])?;
+        if deleted as u64 != to.0 - from.0 {
+            // Rolled back: the ids in between were not all there.
+            return Err(AuditStoreError::Corrupt(format!(
+                "events {}..={} are not all stored; nothing was pruned",
+                from.0 + 1,
+                to.0
+            )));
+        }
+        tx.execute("DELETE FROM checkpoints WHERE last_id < ?1", [to_id])?;
+        tx.execute(
+            "UPDATE chain_base SET base_id = ?1, base_hash = ?2",
+            params![to_id, &to.1[..]],
+        )?;
+        tx.commit()?;
+        Ok(true)
     }
 
     /// Signs the current head unless a checkpoint already covers it.

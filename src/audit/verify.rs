@@ -32,6 +32,7 @@ use super::event::{format_time, Event};
 use super::export::{
     CheckpointLine, Header, SkipLine, CHECKPOINT_PREFIX, HEADER_PREFIX, SKIP_PREFIX,
 };
+use super::retention::PruneRecord;
 use super::store::{next_hash, AuditStore, AuditStoreError};
 
 /// The first problem found, and the event it concerns.
@@ -81,6 +82,9 @@ pub struct StoreSummary {
     pub last_checkpoint: Option<(u64, i64)>,
     /// Events after the newest checkpoint, not yet covered by a signature.
     pub unsigned: u64,
+    /// When older events were pruned: the `audit.prune` event that
+    /// accounts for the chain base.
+    pub pruned_by: Option<u64>,
 }
 
 impl fmt::Display for StoreSummary {
@@ -92,6 +96,13 @@ impl fmt::Display for StoreSummary {
                 f,
                 "{} event(s), ids {}..={}, chain intact",
                 self.events, self.first_id, self.last_id
+            )?;
+        }
+        if let Some(record) = self.pruned_by {
+            write!(
+                f,
+                "; events through {} were pruned (recorded by event {record})",
+                self.first_id - 1
             )?;
         }
         write!(f, "; {} signed checkpoint(s)", self.checkpoints)?;
@@ -169,7 +180,7 @@ impl fmt::Display for ExportSummary {
 }
 
 /// Why a walk stopped: the input could not be read, or it is bad.
-enum Stop<E> {
+pub(super) enum Stop<E> {
     Error(E),
     Failed(Failure),
 }
@@ -192,11 +203,11 @@ impl From<std::io::Error> for Stop<std::io::Error> {
     }
 }
 
-fn fail<E>(event: Option<u64>, message: String) -> Stop<E> {
+pub(super) fn fail<E>(event: Option<u64>, message: String) -> Stop<E> {
     Stop::Failed(Failure { event, message })
 }
 
-fn finish<T, E>(result: Result<T, Stop<E>>) -> Result<Report<T>, E> {
+pub(super) fn finish<T, E>(result: Result<T, Stop<E>>) -> Result<Report<T>, E> {
     match result {
         Ok(t) => Ok(Report::Verified(t)),
         Err(Stop::Failed(f)) => Ok(Report::Failed(f)),
@@ -235,23 +246,22 @@ fn walk_store(
 
     // Checkpoints from before the chain base (pruned events): only their
     // signatures can be checked, and the one at the base must sign it.
+    let mut base_cp = None;
     while let Some(cp) = next_cp.take_if_at_most(base_id) {
         check_signature(&cp, public_key)?;
-        if cp.last_id == base_id && cp.head.as_slice() != base_hash.as_slice() {
-            return Err(fail(
-                Some(base_id),
-                format!(
-                    "the chain base (event {base_id}) does not match the checkpoint signed for it"
-                ),
-            ));
-        }
         checkpoints += 1;
         last_cp = Some((cp.last_id, cp.time_us));
+        if cp.last_id == base_id {
+            base_cp = Some(cp);
+        }
         next_cp = match cp_rows.next()? {
             Some(r) => Some(checkpoint_row(r)?),
             None => None,
         };
     }
+    check_base(base_id, &base_hash, base_cp.as_ref())?;
+    // The newest `audit.prune` event, which must account for the base.
+    let mut last_prune: Option<(u64, Option<PruneRecord>)> = None;
 
     let mut ev_stmt = conn.prepare(
         "SELECT id, time_us, kind, user, database, class, relations, body, hash
@@ -274,7 +284,11 @@ fn walk_store(
                 format!("event {expected} is missing: deleted from the store{range}"),
             ));
         }
-        hash = check_event(r, id, &hash)?;
+        let (next, event) = check_event(r, id, &hash)?;
+        hash = next;
+        if let Some(record) = PruneRecord::of(&event) {
+            last_prune = Some((id, record));
+        }
         prev_id = id;
         events += 1;
         while let Some(cp) = next_cp.take_if_at_most(id) {
@@ -315,6 +329,7 @@ fn walk_store(
         ));
     }
 
+    check_base_recorded(base_id, last_prune.as_ref())?;
     let signed_to = last_cp.map_or(base_id, |(c, _)| c.max(base_id));
     Ok(StoreSummary {
         events,
@@ -323,7 +338,85 @@ fn walk_store(
         checkpoints,
         last_checkpoint: last_cp,
         unsigned: prev_id.saturating_sub(signed_to),
+        pruned_by: last_prune.filter(|_| base_id > 0).map(|(id, _)| id),
     })
+}
+
+/// Checks where the stored chain starts: at 0 it chains from [`GENESIS`];
+/// after pruning, a checkpoint signed for exactly the base (`base_cp`)
+/// must hold its hash, or nothing authenticates the rest of the chain.
+pub(super) fn check_base<E>(
+    base_id: u64,
+    base_hash: &Hash,
+    base_cp: Option<&Checkpoint>,
+) -> Result<(), Stop<E>> {
+    if base_id == 0 {
+        if *base_hash != GENESIS {
+            return Err(fail(
+                Some(1),
+                "the chain base was changed: the first event must chain from the zero hash".into(),
+            ));
+        }
+        return Ok(());
+    }
+    match base_cp {
+        None => Err(fail(
+            Some(base_id),
+            format!(
+                "the trail starts after event {base_id}, but no checkpoint is signed for event {base_id}: the start of the chain cannot be authenticated (events or the checkpoint at the prune boundary were deleted)"
+            ),
+        )),
+        Some(cp) if cp.head.as_slice() != base_hash.as_slice() => Err(fail(
+            Some(base_id),
+            format!(
+                "the chain base (event {base_id}) does not match the checkpoint signed for it: the base hash was changed"
+            ),
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Checks that the newest `audit.prune` event (`last`: its id and record)
+/// accounts for a base above 0. A signed checkpoint at the base only
+/// proves the base is *a* point of the chain; deleting more old events and
+/// moving the base to an earlier checkpoint would leave that intact, but
+/// not the record pruning writes, in the chain, in the same transaction
+/// as the first events it deletes.
+pub(super) fn check_base_recorded<E>(
+    base_id: u64,
+    last: Option<&(u64, Option<PruneRecord>)>,
+) -> Result<(), Stop<E>> {
+    if base_id == 0 {
+        return Ok(());
+    }
+    match last {
+        None => Err(fail(
+            Some(base_id),
+            format!(
+                "the trail starts after event {base_id}, but no audit.prune event records a prune: events through {base_id} were deleted outside pgward"
+            ),
+        )),
+        Some((id, None)) => Err(fail(
+            Some(*id),
+            format!("event {id} is an audit.prune event whose detail does not say what it removed"),
+        )),
+        Some((id, Some(r))) if base_id > r.base => Err(fail(
+            Some(r.base + 1),
+            format!(
+                "events {}..={base_id} were deleted from the start of the trail: the last recorded prune (event {id}) removed events only through {}",
+                r.base + 1,
+                r.base
+            ),
+        )),
+        Some((id, Some(r))) if base_id < r.from_base => Err(fail(
+            Some(base_id + 1),
+            format!(
+                "the trail starts after event {base_id}, but the last recorded prune (event {id}) started after event {}: the chain base was changed",
+                r.from_base
+            ),
+        )),
+        Some(_) => Ok(()),
+    }
 }
 
 /// `Option::take_if` for the merge: the next checkpoint when it is at or
@@ -341,7 +434,7 @@ impl TakeAtMost for Option<Checkpoint> {
     }
 }
 
-fn check_signature<E>(cp: &Checkpoint, public_key: &[u8]) -> Result<(), Stop<E>> {
+pub(super) fn check_signature<E>(cp: &Checkpoint, public_key: &[u8]) -> Result<(), Stop<E>> {
     if cp.verify(public_key) {
         return Ok(());
     }
@@ -356,7 +449,7 @@ fn check_signature<E>(cp: &Checkpoint, public_key: &[u8]) -> Result<(), Stop<E>>
 }
 
 /// A checkpoint row, read without trusting its column types.
-fn checkpoint_row(r: &Row<'_>) -> Result<Checkpoint, Stop<AuditStoreError>> {
+pub(super) fn checkpoint_row(r: &Row<'_>) -> Result<Checkpoint, Stop<AuditStoreError>> {
     let last_id = match r.get_ref(0)? {
         ValueRef::Integer(i) if i >= 0 => i as u64,
         _ => return Err(fail(None, "a checkpoint row has a malformed id".into())),
@@ -380,8 +473,13 @@ fn checkpoint_row(r: &Row<'_>) -> Result<Checkpoint, Stop<AuditStoreError>> {
     })
 }
 
-/// Checks one stored event against the chain so far; returns its hash.
-fn check_event(r: &Row<'_>, id: u64, prev: &Hash) -> Result<Hash, Stop<AuditStoreError>> {
+/// Checks one stored event (a row of [`SELECT_EVENTS`](super::store::SELECT_EVENTS))
+/// against the chain so far; returns its hash and the event.
+pub(super) fn check_event(
+    r: &Row<'_>,
+    id: u64,
+    prev: &Hash,
+) -> Result<(Hash, Event), Stop<AuditStoreError>> {
     let body = match r.get_ref(7)? {
         ValueRef::Blob(b) | ValueRef::Text(b) => b,
         _ => {
@@ -436,7 +534,7 @@ fn check_event(r: &Row<'_>, id: u64, prev: &Hash) -> Result<Hash, Stop<AuditStor
             ));
         }
     }
-    Ok(hash)
+    Ok((hash, event))
 }
 
 fn text(s: Option<&str>) -> Value {

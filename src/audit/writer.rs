@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use tokio::sync::oneshot;
 
+use super::alerts::{AlertRules, Alerter};
 use super::chain::SigningKey;
 use super::event::Event;
 use super::fingerprint::{fingerprint, Relations};
@@ -73,6 +74,7 @@ pub struct WriterConfig {
     pub on_failure: OnFailure,
     pub checkpoint_interval: Duration,
     pub instance: String,
+    pub alerts: AlertRules,
 }
 
 /// Counters the metrics endpoint reads.
@@ -82,6 +84,7 @@ pub struct Counters {
     pub dropped: AtomicU64,
     pub batches: AtomicU64,
     pub failures: AtomicU64,
+    pub alerts: AtomicU64,
 }
 
 /// The handle sessions use.
@@ -141,7 +144,12 @@ impl Audit {
                 let counters = Arc::clone(&counters);
                 let batch = cfg.batch.max(1);
                 let interval = cfg.checkpoint_interval;
-                move || write_loop(store, key, rx, reserved, failing, counters, batch, interval)
+                let alerter = Alerter::new(cfg.alerts.clone(), &cfg.instance);
+                move || {
+                    write_loop(
+                        store, key, rx, reserved, failing, counters, batch, interval, alerter,
+                    )
+                }
             })?;
         Ok(Arc::new(Audit {
             tx,
@@ -274,6 +282,7 @@ fn write_loop(
     counters: Arc<Counters>,
     batch_max: usize,
     interval: Duration,
+    mut alerter: Alerter,
 ) {
     let mut events: Vec<Event> = Vec::with_capacity(batch_max);
     let mut acks: Vec<oneshot::Sender<()>> = Vec::with_capacity(batch_max);
@@ -312,6 +321,10 @@ fn write_loop(
             for e in events.iter_mut() {
                 enrich(e, &mut relations);
             }
+            if alerter.is_active() {
+                let raised = raise_alerts(&mut alerter, &mut events);
+                counters.alerts.fetch_add(raised, Ordering::Relaxed);
+            }
             store_batch(&mut store, &mut events, &failing, &counters);
             unsigned = true;
             for ack in acks.drain(..) {
@@ -346,6 +359,36 @@ fn enrich(e: &mut Event, relations: &mut Relations) {
         e.relations = relations.of(&fp, text);
     }
     e.fingerprint = Some(fp);
+}
+
+/// Runs the batch through the alert rules and places each alert right
+/// after the event that raised it. Returns how many were raised.
+fn raise_alerts(alerter: &mut Alerter, events: &mut Vec<Event>) -> u64 {
+    let mut raised = Vec::new();
+    // (index of the cause, alerts it raised)
+    let mut causes = Vec::new();
+    for (i, e) in events.iter().enumerate() {
+        let before = raised.len();
+        alerter.observe(e, &mut raised);
+        if raised.len() > before {
+            causes.push((i, raised.len() - before));
+        }
+    }
+    if raised.is_empty() {
+        return 0;
+    }
+    let count = raised.len() as u64;
+    let mut merged = Vec::with_capacity(events.len() + raised.len());
+    let mut raised = raised.into_iter();
+    let mut causes = causes.into_iter().peekable();
+    for (i, e) in events.drain(..).enumerate() {
+        merged.push(e);
+        if let Some((_, n)) = causes.next_if(|&(at, _)| at == i) {
+            merged.extend(raised.by_ref().take(n));
+        }
+    }
+    *events = merged;
+    count
 }
 
 /// A job that arrives within a few microseconds of the last batch is
@@ -430,6 +473,7 @@ mod tests {
             on_failure: OnFailure::Refuse,
             checkpoint_interval: Duration::from_millis(50),
             instance: "test".into(),
+            alerts: AlertRules::default(),
         }
     }
 

@@ -1,5 +1,5 @@
-//! `pgward audit …`: verify, export and follow the audit trail, and print
-//! the public key that lets anyone else verify it.
+//! `pgward audit …`: verify, export, follow and prune the audit trail, and
+//! print the public key that lets anyone else verify it.
 //!
 //! These commands are for the compliance officer and the auditor as much
 //! as for the DBA, so their output is plain: `verify` says `OK: …` or
@@ -10,9 +10,10 @@
 //!
 //! Looking at the trail is itself audited: `export` and `verify` append an
 //! `admin` event (`audit.export`, `audit.verify`) as the operating-system
-//! user running the command, and sign a checkpoint. The one exception is a
-//! store that fails verification: it is left exactly as found, for the
-//! investigation. The key is only ever created when the store has no
+//! user running the command, and sign a checkpoint; `prune` appends
+//! `audit.prune` (see [`retention`](crate::audit::retention)), and its
+//! `--dry-run` only reads. The one exception is a store that fails
+//! verification: it is left exactly as found, for the investigation. The key is only ever created when the store has no
 //! checkpoints yet — a new key would make every old signature fail.
 
 use std::fs::File;
@@ -28,6 +29,7 @@ use super::ConfigArg;
 use crate::audit::chain::{read_public_key, SigningKey};
 use crate::audit::event::{format_time, Event, Kind};
 use crate::audit::export::{decision_str, export, filters_json, Format};
+use crate::audit::retention::{self, Actor, Limits, Plan, PruneError, PRUNE_ACTION};
 use crate::audit::store::{AuditStore, Filter, Stored, SELECT_INDEXED};
 use crate::audit::verify::{verify_export, verify_store, Report};
 use crate::config::Config;
@@ -71,6 +73,24 @@ pub enum AuditCommand {
         follow: bool,
         #[command(flatten)]
         filter: FilterArgs,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Remove events older than the retention (default: audit.retention),
+    /// through the last signed checkpoint before the cutoff, after
+    /// verifying them; the rest of the trail still verifies.
+    Prune {
+        /// Remove events older than this: 6years, 18months, 400days (at
+        /// least a day).
+        #[arg(long, value_name = "DURATION", value_parser = parse_age, conflicts_with = "before")]
+        older_than: Option<Duration>,
+        /// Remove events before this time: RFC 3339 or a date (midnight
+        /// UTC).
+        #[arg(long, value_name = "TIME", value_parser = parse_since)]
+        before: Option<i64>,
+        /// Say what would be removed; change nothing.
+        #[arg(long)]
+        dry_run: bool,
         #[command(flatten)]
         config: ConfigArg,
     },
@@ -147,6 +167,10 @@ impl FilterArgs {
 
 fn parse_since(s: &str) -> Result<i64, String> {
     parse_time(s, false)
+}
+
+fn parse_age(s: &str) -> Result<Duration, String> {
+    retention::parse_age(s)
 }
 
 fn parse_until(s: &str) -> Result<i64, String> {
@@ -249,6 +273,12 @@ pub fn run(cmd: AuditCommand) -> anyhow::Result<()> {
             filter,
             config,
         } => tail(&config.config, lines, follow, &filter.filter()),
+        AuditCommand::Prune {
+            older_than,
+            before,
+            dry_run,
+            config,
+        } => prune_events(&config.config, older_than, before, dry_run),
         AuditCommand::PublicKey { out, config } => public_key(&config.config, out.as_deref()),
     }
 }
@@ -449,6 +479,109 @@ fn export_events(
         );
     }
     Ok(())
+}
+
+/// `audit prune`. Pruning is audited by the `audit.prune` event it appends
+/// with its first deletion (or, when nothing was old enough, on its own); a
+/// dry run only reads.
+fn prune_events(
+    config_path: &Path,
+    older_than: Option<Duration>,
+    before: Option<i64>,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    let config = load(config_path)?;
+    let cutoff_us = match (before, older_than.or(config.audit.retention)) {
+        (Some(t), _) => t,
+        (None, Some(age)) => retention::cutoff(crate::audit::event::now_us(), age),
+        (None, None) => bail!(
+            "audit.retention is `forever` in {}; pass --older-than or --before",
+            config_path.display()
+        ),
+    };
+    let cutoff = format_time(cutoff_us);
+    let path = &config.audit.path;
+    if !path.exists() {
+        bail!("there is no audit store at {}", path.display());
+    }
+    if dry_run {
+        let store = AuditStore::open_read_only(path)?;
+        let key = existing_key(&config)?;
+        let report = retention::plan(&store, key.public_key(), cutoff_us, Limits::ALL, &|| false)
+            .with_context(|| format!("reading the audit store {}", path.display()))?;
+        let plan = match report {
+            Report::Verified(p) => p,
+            Report::Failed(f) => {
+                println!("FAILED: {}: {f}", path.display());
+                bail!("the audit trail fails verification, so it would not be pruned; run `pgward audit verify`")
+            }
+        };
+        match plan.removes() {
+            0 => println!("would remove nothing: no signed checkpoint covers events older than {cutoff}"),
+            n => println!(
+                "would remove {n} event(s), ids {}..={}, older than {cutoff}; the trail would start after event {}",
+                plan.base.0 + 1,
+                plan.boundary(),
+                plan.boundary()
+            ),
+        }
+        print_kept(&plan);
+        return Ok(());
+    }
+
+    let mut store = AuditStore::open(path)?;
+    let key = signing_key(&config, &store)?;
+    let user = os_user();
+    let instance = config.audit.instance_name();
+    let by = Actor {
+        instance: &instance,
+        user: &user,
+    };
+    let pruned = match retention::prune(&mut store, &key, cutoff_us, by, Limits::ALL, &|| false) {
+        Ok(p) => p,
+        Err(PruneError::Tampered(f)) => {
+            println!("FAILED: {}: {f}", path.display());
+            // Left as found, like `verify` leaves a damaged store.
+            bail!("the audit trail fails verification, so nothing was pruned (the evidence is kept); run `pgward audit verify`")
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if pruned.removed == 0 {
+        let detail = json!({
+            "removed": 0,
+            "from_base": pruned.base,
+            "base": pruned.base,
+            "cutoff": cutoff,
+        });
+        record(&config, &mut store, PRUNE_ACTION, detail)?;
+        println!("removed nothing: no signed checkpoint covers events older than {cutoff}");
+    } else {
+        println!(
+            "removed {} event(s), ids {}..={}, older than {cutoff}; the trail now starts after event {}, whose signed checkpoint is kept",
+            pruned.removed,
+            pruned.plan.base.0 + 1,
+            pruned.base,
+            pruned.base
+        );
+        if pruned.base < pruned.plan.boundary() {
+            println!(
+                "note: another prune took over at event {}; run again to finish",
+                pruned.base
+            );
+        }
+    }
+    print_kept(&pruned.plan);
+    Ok(())
+}
+
+fn print_kept(plan: &Plan) {
+    if plan.older_unsigned > 0 {
+        println!(
+            "{} older event(s) after event {} are kept: a prune must end at a signed checkpoint, and the next one also covers newer events (or is not signed yet)",
+            plan.older_unsigned,
+            plan.boundary()
+        );
+    }
 }
 
 fn public_key(config_path: &Path, out: Option<&Path>) -> anyhow::Result<()> {

@@ -53,7 +53,7 @@ enum Command {
     /// Check the policies, or explain what one statement becomes.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
-    /// The audit trail: verify, export, tail, public-key.
+    /// The audit trail: verify, export, tail, prune, public-key.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
 }

@@ -318,7 +318,8 @@ fn cstr(b: &[u8]) -> Option<(Result<&str, std::str::Utf8Error>, &[u8])> {
     Some((std::str::from_utf8(&b[..end]), &b[end + 1..]))
 }
 
-fn query_frame(sql: &str) -> Bytes {
+/// A simple Query message carrying `sql`.
+pub fn query_frame(sql: &str) -> Bytes {
     let mut out = BytesMut::with_capacity(sql.len() + 6);
     out.put_u8(b'Q');
     out.put_u32((sql.len() + 5) as u32);

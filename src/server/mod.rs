@@ -153,8 +153,37 @@ pub async fn serve(
             on_failure: a.on_failure,
             checkpoint_interval: a.checkpoint_interval,
             instance: a.instance_name(),
+            alerts: a.alerts.clone(),
         };
         tokio::task::spawn_blocking(move || crate::audit::Audit::start(cfg)).await??
+    };
+    metrics.attach_audit(Arc::clone(&audit.counters));
+    // Old events are pruned on a thread of their own, never the writer's.
+    let pruner = match config.audit.retention {
+        Some(retention) => {
+            let cfg = crate::audit::retention::PrunerConfig {
+                path: config.audit.path.clone(),
+                key: config.audit.signing_key.clone(),
+                retention,
+                interval: config.audit.prune_interval,
+                first_run: Duration::from_secs(10),
+                instance: audit.instance().to_string(),
+            };
+            let start = move || crate::audit::retention::Pruner::start(cfg);
+            Some(tokio::task::spawn_blocking(start).await??)
+        }
+        None => None,
+    };
+    // Sinks follow the store from threads of their own: one that is down
+    // never slows a session.
+    let sinks = {
+        let (sinks, path) = (config.audit.sinks.clone(), config.audit.path.clone());
+        let instance = audit.instance().to_string();
+        let report = Arc::clone(&metrics);
+        tokio::task::spawn_blocking(move || {
+            crate::audit::sinks::Sinks::start(&sinks, &path, &instance, report)
+        })
+        .await??
     };
     let ctx = Arc::new(Context::new(
         runtime,
@@ -164,6 +193,10 @@ pub async fn serve(
         guard,
         Arc::clone(&audit),
     ));
+    if !config.audit.record_statements {
+        tracing::warn!("audit.record_statements is off: statements are not recorded");
+        admin_event(&ctx, "audit.statements_off", STATEMENTS_OFF.into());
+    }
 
     let listener = TcpListener::bind(config.listen)
         .await
@@ -239,8 +272,13 @@ pub async fn serve(
         let _ = terminate_tx.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(10), slots.acquire_many(all)).await;
     }
+    if let Some(pruner) = pruner {
+        let _ = tokio::task::spawn_blocking(move || pruner.stop()).await;
+    }
     // Everything the sessions recorded is stored and signed before exit.
     audit.close().await;
+    // Then the sinks deliver what is stored (for up to 2 s).
+    let _ = tokio::task::spawn_blocking(move || sinks.close()).await;
     tracing::info!("pgward stopped");
     Ok(())
 }
@@ -249,6 +287,21 @@ fn reload(ctx: &Context, config_path: &Path) {
     match load_runtime(config_path) {
         Ok(new) => {
             let old = ctx.runtime.load();
+            if new.config.audit.sinks != old.config.audit.sinks {
+                tracing::warn!("audit sink changes need a restart; keeping the running sinks");
+            }
+            if new.config.audit.alerts != old.config.audit.alerts {
+                tracing::warn!("alert rule changes need a restart; keeping the running rules");
+            }
+            if new.config.audit.record_statements != old.config.audit.record_statements {
+                let (action, detail) = if new.config.audit.record_statements {
+                    ("audit.statements_on", "statement events are recorded again")
+                } else {
+                    ("audit.statements_off", STATEMENTS_OFF)
+                };
+                tracing::warn!("{detail}");
+                admin_event(ctx, action, detail.into());
+            }
             if new.config.listen != old.config.listen {
                 tracing::warn!(
                     "listen address changes need a restart; keeping {}",
@@ -270,6 +323,9 @@ fn reload(ctx: &Context, config_path: &Path) {
         }
     }
 }
+
+const STATEMENTS_OFF: &str =
+    "audit.record_statements is off: sessions starting now record logins and session ends only";
 
 /// An administrative event by pgward itself.
 fn admin_event(ctx: &Context, action: &str, detail: String) {

@@ -147,11 +147,13 @@ pub async fn run(
             _cancel,
         } = opened;
         tracing::info!(user = %identity.user, role = %identity.role, "session started");
-        let recorder = statements::Recorder::new(
-            Arc::clone(&ctx.audit),
-            Arc::clone(&who),
-            rt.config.audit.parameters,
-        );
+        let recorder = rt.config.audit.record_statements.then(|| {
+            statements::Recorder::new(
+                Arc::clone(&ctx.audit),
+                Arc::clone(&who),
+                rt.config.audit.parameters,
+            )
+        });
         let started = Instant::now();
         let end = relay::relay(
             client,
@@ -163,7 +165,7 @@ pub async fn run(
             ctx.terminate.clone(),
             relay::Enforcement {
                 guard,
-                recorder: Some(recorder),
+                recorder,
                 ack_timeout: (rt.config.audit.durability == crate::config::AuditDurability::Commit)
                     .then_some(rt.config.audit.ack_timeout),
                 schemas: Arc::clone(&ctx.guard.schemas),
@@ -254,7 +256,7 @@ async fn open(
         ..SessionInfo::default()
     };
     let mut event = Event::new(Kind::Login, ctx.audit.instance());
-    match login(ctx, rt, &mut client, &msg, has_slot).await {
+    match login(ctx, rt, &mut client, &msg, has_slot, &mut event).await {
         Ok(Some(ready)) => {
             who.user = Some(ready.identity.user.to_string());
             who.role = Some(ready.identity.role.to_string());
@@ -288,7 +290,9 @@ async fn open(
         Err(err) => {
             tracing::info!(%err, "login refused");
             event.who = Some(Arc::new(who));
-            event.outcome = Some("refused".into());
+            if event.outcome.is_none() {
+                event.outcome = Some("refused".into());
+            }
             event.sqlstate = Some(err.code.0.to_string());
             event.reason = Some(err.message.clone());
             let _ = ctx.audit.send(login_slot, event);
@@ -380,6 +384,7 @@ async fn login(
     client: &mut Stream,
     msg: &StartupMessage,
     has_slot: bool,
+    event: &mut Event,
 ) -> Result<Option<Ready>, PgError> {
     startup::check_version(client, msg).await?;
     if msg
@@ -420,6 +425,7 @@ async fn login(
         Err(failure) => {
             ctx.metrics.login(failure.outcome());
             tracing::info!(user = %login.user, outcome = failure.outcome(), "login failed");
+            event.outcome = Some(failure.outcome().to_string());
             return Err(failure.to_pg_error());
         }
     };

@@ -298,6 +298,24 @@ async fn write_chunk<W: AsyncWrite + Unpin>(
     w.flush().await
 }
 
+/// What a simple query that cannot be recorded is replaced by
+/// (`audit.on_failure: refuse`): a statement that makes the database raise
+/// pgward's error, so it reaches the client in its place in the stream —
+/// after the answers to earlier requests, before ReadyForQuery, aborting an
+/// open transaction block as any error would. Extended-protocol requests
+/// cannot be replaced this way; their session ends instead.
+fn audit_refusal(why: Unavailable) -> bytes::Bytes {
+    let message = format!(
+        "pgward: {why}; the statement was refused so that nothing runs unrecorded (audit.on_failure: refuse)"
+    );
+    let hint = "The audit store must recover: see the pgward log and the pgward_audit_* metrics.";
+    crate::guard::query_frame(&format!(
+        "DO $pgward$ BEGIN RAISE EXCEPTION USING ERRCODE = '53000', MESSAGE = '{}', HINT = '{}'; END $pgward$",
+        message.replace('\'', "''"),
+        hint.replace('\'', "''"),
+    ))
+}
+
 async fn write_fatal<W: AsyncWrite + Unpin>(w: &mut W, err: &PgError) {
     let msg = error_response(err);
     // The session is ending either way; a client that is gone or not reading
@@ -564,7 +582,9 @@ async fn client_to_upstream(
                         }
                     }
                 }
-                if let Some(why) = unavailable {
+                let mut frame_out = outcome.frame;
+                let mut audit_refused = false;
+                if let Some(why) = unavailable.take() {
                     match recorder.as_ref().map(|r| r.audit.on_failure()) {
                         Some(OnFailure::Block) => {
                             // Put the frame back and wait for room.
@@ -582,6 +602,11 @@ async fn client_to_upstream(
                             }
                             continue;
                         }
+                        _ if tag == b'Q' => {
+                            metrics.statements_refused.inc();
+                            frame_out = audit_refusal(why);
+                            audit_refused = true;
+                        }
                         _ => return SessionEnd::AuditUnavailable(why.to_string()),
                     }
                 }
@@ -591,7 +616,7 @@ async fn client_to_upstream(
                 if frame.first() == Some(&b'Q') {
                     statements += 1;
                 }
-                if let Some(refused) = outcome.refused {
+                if let (Some(refused), false) = (outcome.refused, audit_refused) {
                     metrics.statements_refused.inc();
                     let mut pending = shared.refusals();
                     if pending.len() >= 1024 {
@@ -599,7 +624,7 @@ async fn client_to_upstream(
                     }
                     pending.push_back(refused);
                 }
-                out.extend_from_slice(&outcome.frame);
+                out.extend_from_slice(&frame_out);
             }
             if statements > 0 {
                 metrics.statements.inc_by(statements);
@@ -644,6 +669,23 @@ async fn client_to_upstream(
                         Ok(slot) => waited_slot = Some(slot),
                         Err(why) => return SessionEnd::AuditUnavailable(why.to_string()),
                     }
+                    continue;
+                }
+                _ if buf.first() == Some(&b'Q') => {
+                    // A simple query: refused in place, the session goes on.
+                    let total = Header::parse(&buf).map_or(0, |h| h.total_len());
+                    let _ = buf.split_to(total);
+                    metrics.statements_refused.inc();
+                    shared.pipeline().client_sent(b'Q', now);
+                    let mut refusal = BytesMut::from(&audit_refusal(why)[..]);
+                    let n = refusal.len();
+                    shared.upstream_at_boundary.store(false, Ordering::Release);
+                    if let Err(e) = write_chunk(upstream, &mut refusal, n).await {
+                        return SessionEnd::UpstreamIo(e);
+                    }
+                    shared
+                        .upstream_at_boundary
+                        .store(scanner.at_boundary(), Ordering::Release);
                     continue;
                 }
                 _ => return SessionEnd::AuditUnavailable(why.to_string()),

@@ -381,3 +381,155 @@ fn public_key_needs_an_existing_key() {
         "not created"
     );
 }
+
+/// 2020-01-01T00:00:00Z, and a day, in microseconds.
+const JAN_1_2020_US: i64 = 1_577_836_800_000_000;
+const DAY_US: i64 = 86_400_000_000;
+
+/// Like [`new_trail`], but event `i` happened on 2020-01-01 plus `i` days.
+fn old_trail() -> Trail {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = pgward(&[
+        "init",
+        "--dir",
+        dir.path().to_str().expect("utf8 path"),
+        "--upstream",
+        "postgres://admin:secret@127.0.0.1:1",
+    ]);
+    assert!(out.status.success(), "init: {}", text(&out));
+    let config = dir.path().join("pgward.yaml");
+    let loaded = Config::load(&config).expect("config");
+    let mut store = AuditStore::open(&loaded.audit.path).expect("audit store");
+    let key = SigningKey::load_or_create(&loaded.audit.signing_key).expect("key");
+    for batch in 0..3 {
+        let mut events: Vec<Event> = (batch * 10..batch * 10 + 10)
+            .map(|i| {
+                let mut e = statement(i);
+                e.time_us = JAN_1_2020_US + i as i64 * DAY_US;
+                e
+            })
+            .collect();
+        store.append(&mut events).expect("append");
+        store.checkpoint(&key).expect("checkpoint");
+    }
+    Trail {
+        audit_db: loaded.audit.path,
+        config,
+        dir,
+    }
+}
+
+#[test]
+fn prune_removes_old_events_and_the_rest_still_verifies() {
+    let trail = old_trail();
+    // Events 1..=15 are from before 2020-01-16; the last checkpoint among
+    // them is at event 10, so 11..=15 stay.
+    let out = trail.audit(&["prune", "--before", "2020-01-16", "--dry-run"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let report = stdout(&out);
+    assert!(
+        report.contains(
+            "would remove 10 event(s), ids 1..=10, older than 2020-01-16T00:00:00.000000Z"
+        ),
+        "{report}"
+    );
+    assert!(
+        report.contains("5 older event(s) after event 10 are kept"),
+        "{report}"
+    );
+    let store = trail.store();
+    assert_eq!(
+        store.count().expect("count"),
+        30,
+        "a dry run changes nothing"
+    );
+    assert_eq!(store.head().expect("head").0, 30);
+    assert_eq!(store.base().expect("base").0, 0);
+    drop(store);
+
+    let out = trail.audit(&["prune", "--before", "2020-01-16"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let report = stdout(&out);
+    assert!(
+        report.contains("removed 10 event(s), ids 1..=10"),
+        "{report}"
+    );
+    assert!(
+        report.contains("the trail now starts after event 10"),
+        "{report}"
+    );
+    // Pruning is audited, and signed.
+    let last = trail.last_event();
+    assert_eq!(last.action.as_deref(), Some("audit.prune"));
+    assert_eq!(last.user(), Some("auditor"));
+    let detail = last.detail.unwrap_or_default();
+    assert!(detail.contains(r#""removed":10"#), "{detail}");
+    assert!(detail.contains(r#""base":10"#), "{detail}");
+    let store = trail.store();
+    assert_eq!(store.count().expect("count"), 21, "11..=30 and the record");
+    assert_eq!(store.base().expect("base").0, 10);
+    drop(store);
+
+    let out = trail.audit(&["verify"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let report = stdout(&out);
+    assert!(
+        report.contains("21 event(s), ids 11..=31, chain intact"),
+        "{report}"
+    );
+    assert!(
+        report.contains("events through 10 were pruned (recorded by event 31)"),
+        "{report}"
+    );
+
+    // An export of what is left is still provable with the public key.
+    let file = trail.path("all.jsonl");
+    let out = trail.audit(&["export", "--out", file.to_str().expect("utf8")]);
+    assert!(out.status.success(), "{}", text(&out));
+    let key_file = trail.path("audit.pub");
+    let out = trail.audit(&["public-key", "--out", key_file.to_str().expect("utf8")]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = Command::new(PGWARD)
+        .args(["audit", "verify", "--export"])
+        .arg(&file)
+        .arg("--public-key")
+        .arg(&key_file)
+        .env_remove("PGWARD_CONFIG")
+        .current_dir(trail.dir.path())
+        .output()
+        .expect("pgward audit verify --export");
+    assert!(out.status.success(), "{}", text(&out));
+    let report = stdout(&out);
+    assert!(report.contains("export of ids 11..="), "{report}");
+    assert!(!report.contains("NOT"), "{report}");
+
+    // A retention in minutes is a typo, not a policy.
+    let out = trail.audit(&["prune", "--older-than", "6m"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("minutes"), "{}", text(&out));
+
+    // A tampered event among those to remove: nothing is pruned.
+    let store = trail.store();
+    let changed = store
+        .connection()
+        .execute(
+            "UPDATE events SET body = CAST(replace(CAST(body AS TEXT), 'id = 11', 'id = 12') AS BLOB) WHERE id = 12",
+            [],
+        )
+        .expect("tamper");
+    assert_eq!(changed, 1);
+    let before = store.count().expect("count");
+    drop(store);
+    let out = trail.audit(&["prune", "--before", "2020-01-25"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(stdout(&out).starts_with("FAILED: "), "{}", text(&out));
+    assert!(
+        stdout(&out).contains("event 12 was changed"),
+        "{}",
+        text(&out)
+    );
+    assert!(text(&out).contains("nothing was pruned"), "{}", text(&out));
+    let store = trail.store();
+    assert_eq!(store.count().expect("count"), before);
+    assert_eq!(store.base().expect("base").0, 10);
+}

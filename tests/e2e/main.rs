@@ -6,6 +6,7 @@ mod raw;
 
 mod audit;
 mod audit_cli;
+mod audit_sinks;
 mod auth;
 mod bad_input;
 mod cancel;
