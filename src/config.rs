@@ -436,6 +436,9 @@ impl Config {
             return Err("audit.prune_interval must be at least 1s".into());
         }
         self.audit.alerts.validate()?;
+        if !self.audit.record_statements && self.audit.alerts.on_statements() {
+            return Err("audit.alerts: rows_per_statement, statements_per_minute and denied need statement events, but audit.record_statements is false".into());
+        }
         crate::audit::sinks::validate(&self.audit.sinks, &self.audit.path)?;
         if self.auth.max_failures == 0 {
             return Err("auth.max_failures must be at least 1".into());

@@ -28,7 +28,9 @@ use super::event::{Decision, Event, Kind, SessionInfo};
 pub struct AlertRules {
     /// One statement returning or changing more rows than this.
     pub rows_per_statement: Option<u64>,
-    /// More statements than this from one person within one minute.
+    /// More statements than this from one person in one one-minute window
+    /// (a window starts with a person's first statement after the last
+    /// window ended; a burst across two windows can stay under it).
     pub statements_per_minute: Option<u64>,
     /// `count` denied statements from one person within `within`.
     pub denied: Option<Burst>,
@@ -164,6 +166,14 @@ impl AlertRules {
             }
         }
         Ok(())
+    }
+
+    /// The rules that look at statement events (useless with
+    /// `audit.record_statements: false`).
+    pub fn on_statements(&self) -> bool {
+        self.rows_per_statement.is_some()
+            || self.statements_per_minute.is_some()
+            || self.denied.is_some()
     }
 
     /// Whether any rule is on (the writer skips the work otherwise).

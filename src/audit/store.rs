@@ -82,25 +82,53 @@ impl Stored {
     /// A row of [`SELECT_EVENTS`].
     pub fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Stored> {
         let mut s = Stored::from_indexed_row(r)?;
-        s.body = r.get(7)?;
-        s.hash = r.get(8)?;
+        s.body = bytes(r, 7)?;
+        s.hash = bytes(r, 8)?;
         Ok(s)
     }
 
     /// A row of [`SELECT_INDEXED`]: body and hash left empty.
+    ///
+    /// Columns are read without trusting their types: a row damaged by
+    /// hand (a body stored as text, a number for a kind) is still read, so readers
+    /// that follow the store — sinks, export — pass it on for `verify` to
+    /// name, rather than stopping at it.
     pub fn from_indexed_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Stored> {
+        use rusqlite::types::ValueRef;
+        let time_us = match r.get_ref(1)? {
+            ValueRef::Integer(t) => t,
+            _ => 0,
+        };
         Ok(Stored {
             id: r.get::<_, i64>(0)? as u64,
-            time_us: r.get(1)?,
-            kind: r.get(2)?,
-            user: r.get(3)?,
-            database: r.get(4)?,
-            class: r.get(5)?,
-            relations: r.get(6)?,
+            time_us,
+            kind: text(r, 2)?.unwrap_or_default(),
+            user: text(r, 3)?,
+            database: text(r, 4)?,
+            class: text(r, 5)?,
+            relations: text(r, 6)?,
             body: Vec::new(),
             hash: Vec::new(),
         })
     }
+}
+
+fn bytes(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Vec<u8>> {
+    use rusqlite::types::ValueRef;
+    Ok(match r.get_ref(i)? {
+        ValueRef::Blob(b) | ValueRef::Text(b) => b.to_vec(),
+        _ => Vec::new(),
+    })
+}
+
+fn text(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Option<String>> {
+    use rusqlite::types::ValueRef;
+    Ok(match r.get_ref(i)? {
+        ValueRef::Null => None,
+        ValueRef::Text(b) | ValueRef::Blob(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        ValueRef::Integer(n) => Some(n.to_string()),
+        ValueRef::Real(x) => Some(x.to_string()),
+    })
 }
 
 /// Which events to read.
@@ -327,6 +355,32 @@ impl AuditStore {
                 to.0
             )));
         }
+        // The events to delete are the ones the caller verified: their chain
+        // is computed again under the write lock, so none changed since.
+        {
+            let mut rows = tx.prepare(
+                "SELECT id, body, hash FROM events WHERE id > ?1 AND id <= ?2 ORDER BY id",
+            )?;
+            let mut rows = rows.query(params![from.0 as i64, to_id])?;
+            let (mut expect, mut hash) = (from.0, *from.1);
+            while let Some(r) = rows.next()? {
+                expect += 1;
+                let id = r.get::<_, i64>(0)? as u64;
+                hash = link(&hash, &digest(&bytes(r, 1)?));
+                if id != expect || bytes(r, 2)?.as_slice() != &hash[..] {
+                    return Err(AuditStoreError::Corrupt(format!(
+                        "event {expect} changed while the prune ran; nothing was pruned"
+                    )));
+                }
+            }
+            if expect != to.0 || hash != *to.1 {
+                return Err(AuditStoreError::Corrupt(format!(
+                    "events {}..={} changed while the prune ran; nothing was pruned",
+                    from.0 + 1,
+                    to.0
+                )));
+            }
+        }
         if let Some(record) = record {
             Self::append_in(&tx, std::slice::from_mut(record))?;
         }
@@ -471,5 +525,30 @@ mod tests {
         assert_eq!(cp.last_id, 3);
         assert!(cp.verify(key.public_key()));
         assert!(store.checkpoint(&key).unwrap().is_none(), "already covered");
+    }
+
+    #[test]
+    fn rows_damaged_by_hand_are_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = AuditStore::open(&dir.path().join("audit.db")).unwrap();
+        let mut events: Vec<Event> = (0..3).map(|_| Event::new(Kind::Login, "t")).collect();
+        store.append(&mut events).unwrap();
+        store
+            .connection()
+            .execute(
+                "UPDATE events SET body = CAST(body AS TEXT), kind = 42, time_us = 'x' WHERE id = 2",
+                [],
+            )
+            .unwrap();
+        let mut read = Vec::new();
+        store
+            .scan(1, None, |e| -> Result<(), AuditStoreError> {
+                read.push((e.id, e.kind, e.time_us, e.body.is_empty()));
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(read.len(), 3, "the scan goes past the damaged row");
+        assert_eq!(read[1], (2, "42".to_string(), 0, false));
+        assert_eq!(read[2].1, "login");
     }
 }

@@ -499,6 +499,14 @@ fn prune_events(
             config_path.display()
         ),
     };
+    let newest = retention::cutoff(crate::audit::event::now_us(), retention::MIN_RETENTION);
+    if cutoff_us > newest {
+        bail!(
+            "--before {} is less than {} ago: pgward never prunes events that recent (a typo must not empty the trail)",
+            format_time(cutoff_us),
+            humantime::format_duration(retention::MIN_RETENTION)
+        );
+    }
     let cutoff = format_time(cutoff_us);
     let path = &config.audit.path;
     if !path.exists() {

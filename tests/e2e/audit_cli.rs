@@ -43,6 +43,11 @@ fn statement(i: usize) -> Event {
 
 /// A config directory and 30 statement events, a checkpoint every 10.
 fn new_trail() -> Trail {
+    trail_of(statement)
+}
+
+/// A config directory and 30 events made by `event`, a checkpoint every 10.
+fn trail_of(event: impl Fn(usize) -> Event) -> Trail {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = pgward(&[
         "init",
@@ -57,7 +62,7 @@ fn new_trail() -> Trail {
     let mut store = AuditStore::open(&loaded.audit.path).expect("audit store");
     let key = SigningKey::load_or_create(&loaded.audit.signing_key).expect("key");
     for batch in 0..3 {
-        let mut events: Vec<Event> = (batch * 10..batch * 10 + 10).map(statement).collect();
+        let mut events: Vec<Event> = (batch * 10..batch * 10 + 10).map(&event).collect();
         store.append(&mut events).expect("append");
         store.checkpoint(&key).expect("checkpoint");
     }
@@ -388,35 +393,11 @@ const DAY_US: i64 = 86_400_000_000;
 
 /// Like [`new_trail`], but event `i` happened on 2020-01-01 plus `i` days.
 fn old_trail() -> Trail {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let out = pgward(&[
-        "init",
-        "--dir",
-        dir.path().to_str().expect("utf8 path"),
-        "--upstream",
-        "postgres://admin:secret@127.0.0.1:1",
-    ]);
-    assert!(out.status.success(), "init: {}", text(&out));
-    let config = dir.path().join("pgward.yaml");
-    let loaded = Config::load(&config).expect("config");
-    let mut store = AuditStore::open(&loaded.audit.path).expect("audit store");
-    let key = SigningKey::load_or_create(&loaded.audit.signing_key).expect("key");
-    for batch in 0..3 {
-        let mut events: Vec<Event> = (batch * 10..batch * 10 + 10)
-            .map(|i| {
-                let mut e = statement(i);
-                e.time_us = JAN_1_2020_US + i as i64 * DAY_US;
-                e
-            })
-            .collect();
-        store.append(&mut events).expect("append");
-        store.checkpoint(&key).expect("checkpoint");
-    }
-    Trail {
-        audit_db: loaded.audit.path,
-        config,
-        dir,
-    }
+    trail_of(|i| {
+        let mut e = statement(i);
+        e.time_us = JAN_1_2020_US + i as i64 * DAY_US;
+        e
+    })
 }
 
 #[test]
@@ -507,6 +488,12 @@ fn prune_removes_old_events_and_the_rest_still_verifies() {
     let out = trail.audit(&["prune", "--older-than", "6m"]);
     assert!(!out.status.success());
     assert!(text(&out).contains("minutes"), "{}", text(&out));
+
+    // Nor is a cutoff of an hour ago.
+    let recent = pgward::audit::event::format_time(pgward::audit::event::now_us() - 3_600_000_000);
+    let out = trail.audit(&["prune", "--before", &recent]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("less than 1day ago"), "{}", text(&out));
 
     // A tampered event among those to remove: nothing is pruned.
     let store = trail.store();

@@ -35,6 +35,10 @@ pub(super) struct Follower {
     sink: Box<dyn Deliver>,
     report: Arc<dyn Report>,
     control: Arc<Control>,
+    /// Events per delivery now: the configured batch, halved for each
+    /// batch a receiver rejected as a request (HTTP 4xx), so one event it
+    /// cannot take does not hold back a whole batch of others.
+    batch: usize,
 }
 
 enum Step {
@@ -62,6 +66,7 @@ impl Follower {
             sink,
             report,
             control,
+            batch: cfg.batch.max(1),
         }
     }
 
@@ -128,8 +133,10 @@ impl Follower {
     }
 
     fn step(&mut self) -> Result<Step, SinkError> {
-        let (head, _) = self.store.head()?;
+        // The base is read first: a prune between the two reads can only
+        // move it up to a head this sink then sees.
         let (base, _) = self.store.base()?;
+        let (head, _) = self.store.head()?;
         if self.cursor > head {
             tracing::warn!(
                 sink = %self.cfg.name,
@@ -147,12 +154,13 @@ impl Follower {
             );
             self.move_to(base)?;
         }
-        self.report.lag(&self.cfg.name, head - self.cursor);
-        if head == self.cursor {
+        self.report
+            .lag(&self.cfg.name, head.saturating_sub(self.cursor));
+        if head <= self.cursor {
             return Ok(Step::Idle);
         }
         // Ids are consecutive, so this window holds at most `batch` events.
-        let upto = head.min(self.cursor.saturating_add(self.cfg.batch.max(1) as u64));
+        let upto = head.min(self.cursor.saturating_add(self.batch as u64));
         let mut records = Vec::new();
         self.store.scan(
             self.cursor + 1,
@@ -165,11 +173,28 @@ impl Follower {
             },
         )?;
         if !records.is_empty() {
-            self.sink.deliver(&records)?;
+            match self.sink.deliver(&records) {
+                Ok(()) => {}
+                Err(SinkError::Status(code)) if rejects_request(code) => {
+                    if records.len() == 1 {
+                        // Never skipped: the operator must see and fix it.
+                        tracing::error!(
+                            sink = %self.cfg.name,
+                            id = records[0].id,
+                            status = code,
+                            "the receiver rejects this audit event; the sink waits until it is accepted"
+                        );
+                    }
+                    self.batch = (records.len() / 2).max(1);
+                    return Err(SinkError::Status(code));
+                }
+                Err(e) => return Err(e),
+            }
             self.report.delivered(&self.cfg.name, records.len() as u64);
         }
+        self.batch = self.batch.saturating_mul(2).min(self.cfg.batch.max(1));
         self.move_to(upto)?;
-        self.report.lag(&self.cfg.name, head - upto);
+        self.report.lag(&self.cfg.name, head.saturating_sub(upto));
         Ok(Step::Moved)
     }
 
@@ -180,6 +205,12 @@ impl Follower {
         self.cursor_file.save(id)?;
         Ok(())
     }
+}
+
+/// A 4xx other than timeout and rate limit: the receiver will not take this
+/// request as it is (too large, or one event it cannot parse).
+fn rejects_request(status: u16) -> bool {
+    (400..500).contains(&status) && status != 408 && status != 429
 }
 
 #[cfg(test)]
@@ -193,12 +224,18 @@ mod tests {
     struct Fake {
         down: Arc<AtomicBool>,
         got: Arc<Mutex<Vec<u64>>>,
+        /// A request holding this event is rejected (HTTP 413).
+        reject: Arc<Mutex<Option<u64>>>,
     }
 
     impl Deliver for Fake {
         fn deliver(&mut self, records: &[Record]) -> Result<(), SinkError> {
             if self.down.load(Ordering::SeqCst) {
                 return Err(SinkError::Setup("down".into()));
+            }
+            let reject = *self.reject.lock().unwrap();
+            if records.iter().any(|r| Some(r.id) == reject) {
+                return Err(SinkError::Status(413));
             }
             let mut got = self.got.lock().unwrap();
             got.extend(records.iter().map(|r| r.id));
@@ -220,6 +257,8 @@ mod tests {
         store: AuditStore,
         down: Arc<AtomicBool>,
         got: Arc<Mutex<Vec<u64>>>,
+        /// A request holding this event is rejected (HTTP 413).
+        reject: Arc<Mutex<Option<u64>>>,
     }
 
     impl Rig {
@@ -231,6 +270,7 @@ mod tests {
                 store,
                 down: Arc::new(AtomicBool::new(false)),
                 got: Arc::new(Mutex::new(Vec::new())),
+                reject: Arc::new(Mutex::new(None)),
             }
         }
 
@@ -249,6 +289,7 @@ mod tests {
             let sink = Fake {
                 down: Arc::clone(&self.down),
                 got: Arc::clone(&self.got),
+                reject: Arc::clone(&self.reject),
             };
             Follower::new(
                 cfg,
@@ -309,6 +350,33 @@ mod tests {
         let mut again = rig.follower(&cfg);
         drain(&mut again);
         assert_eq!(rig.got(), (1..=12).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_rejected_batch_shrinks_until_only_the_rejected_event_waits() {
+        let mut rig = Rig::new();
+        let cfg = config("{name: s, type: webhook, url: \"http://127.0.0.1:1/\", batch: 8}");
+        let mut f = rig.follower(&cfg);
+        *rig.reject.lock().unwrap() = Some(6);
+        append(&mut rig.store, Kind::Statement, 16);
+        let mut errors = 0;
+        for _ in 0..10 {
+            match f.step() {
+                Ok(_) => {}
+                Err(SinkError::Status(413)) => errors += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(
+            rig.got(),
+            (1..=5).collect::<Vec<_>>(),
+            "the events before it"
+        );
+        assert_eq!(f.cursor(), 5, "event 6 is never skipped");
+        assert!(errors >= 4, "8 → 4 → 2 → 1, then waiting: {errors}");
+        *rig.reject.lock().unwrap() = None;
+        drain(&mut f);
+        assert_eq!(rig.got(), (1..=16).collect::<Vec<_>>());
     }
 
     #[test]
