@@ -68,15 +68,20 @@ fn writer(dir: &std::path::Path) -> Arc<Audit> {
     .expect("audit")
 }
 
+/// Two worker threads, as on the 2-core machine the numbers come from.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 /// Events per second through the writer, from 4 producer tasks.
 fn pipeline_rate(total: usize) -> f64 {
     let dir = tempfile::tempdir().expect("tempdir");
     let audit = writer(dir.path());
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = runtime();
     let who = who();
     let started = Instant::now();
     rt.block_on(async {
@@ -108,11 +113,7 @@ fn pipeline_rate(total: usize) -> f64 {
 fn acknowledged_latency(n: usize) -> f64 {
     let dir = tempfile::tempdir().expect("tempdir");
     let audit = writer(dir.path());
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = runtime();
     let who = who();
     let started = Instant::now();
     rt.block_on(async {

@@ -85,9 +85,14 @@ pub struct Hours {
     pub roles: Vec<String>,
 }
 
-fn all_days() -> Vec<Weekday> {
+/// Monday first.
+const WEEK: [Weekday; 7] = {
     use Weekday::*;
-    vec![Mon, Tue, Wed, Thu, Fri, Sat, Sun]
+    [Mon, Tue, Wed, Thu, Fri, Sat, Sun]
+};
+
+fn all_days() -> Vec<Weekday> {
+    WEEK.to_vec()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -193,7 +198,7 @@ impl Hours {
         let days = local.div_euclid(86_400);
         let minute = (local.rem_euclid(86_400) / 60) as u32;
         // 1970-01-01 was a Thursday.
-        let weekday = all_days()[((days + 3).rem_euclid(7)) as usize];
+        let weekday = WEEK[((days + 3).rem_euclid(7)) as usize];
         let (from, to) = (self.from.0, self.to.0);
         let in_window = if from < to {
             minute >= from && minute < to
@@ -202,7 +207,7 @@ impl Hours {
         };
         // A window past midnight belongs to the day it started on.
         let day = if from > to && minute < to {
-            all_days()[((days + 2).rem_euclid(7)) as usize]
+            WEEK[((days + 2).rem_euclid(7)) as usize]
         } else {
             weekday
         };

@@ -295,7 +295,7 @@ impl AuditStore {
                 id += 1;
                 event.id = id;
                 let body = event.encode();
-                hash = link(&hash, &digest(&body));
+                hash = next_hash(&hash, &body);
                 let relations = (!event.relations.is_empty()).then(|| event.relations.join(" "));
                 insert.execute(params![
                     id as i64,
@@ -366,7 +366,7 @@ impl AuditStore {
             while let Some(r) = rows.next()? {
                 expect += 1;
                 let id = r.get::<_, i64>(0)? as u64;
-                hash = link(&hash, &digest(&bytes(r, 1)?));
+                hash = next_hash(&hash, &bytes(r, 1)?);
                 if id != expect || bytes(r, 2)?.as_slice() != &hash[..] {
                     return Err(AuditStoreError::Corrupt(format!(
                         "event {expect} changed while the prune ran; nothing was pruned"

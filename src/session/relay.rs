@@ -298,6 +298,24 @@ async fn write_chunk<W: AsyncWrite + Unpin>(
     w.flush().await
 }
 
+/// Writes the first `n` bytes of `buf` to the database, marking the
+/// upstream stream as mid-message meanwhile (a cancel or a shutdown waits
+/// for a message boundary).
+async fn to_upstream(
+    upstream: &mut WriteHalf<Stream>,
+    buf: &mut BytesMut,
+    n: usize,
+    shared: &Shared,
+    scanner: &Scanner,
+) -> io::Result<()> {
+    shared.upstream_at_boundary.store(false, Ordering::Release);
+    write_chunk(upstream, buf, n).await?;
+    shared
+        .upstream_at_boundary
+        .store(scanner.at_boundary(), Ordering::Release);
+    Ok(())
+}
+
 /// What a simple query that cannot be recorded is replaced by
 /// (`audit.on_failure: refuse`): a statement that makes the database raise
 /// pgward's error, so it reaches the client in its place in the stream —
@@ -633,14 +651,10 @@ async fn client_to_upstream(
                 continue;
             }
             if !out.is_empty() {
-                shared.upstream_at_boundary.store(false, Ordering::Release);
                 let n = out.len();
-                if let Err(e) = write_chunk(upstream, &mut out, n).await {
+                if let Err(e) = to_upstream(upstream, &mut out, n, shared, &scanner).await {
                     return SessionEnd::UpstreamIo(e);
                 }
-                shared
-                    .upstream_at_boundary
-                    .store(scanner.at_boundary(), Ordering::Release);
             }
             if intercept {
                 continue;
@@ -650,13 +664,11 @@ async fn client_to_upstream(
                 metrics.statements.inc_by(statements);
             }
             if scan.forward > 0 {
-                shared.upstream_at_boundary.store(false, Ordering::Release);
-                if let Err(e) = write_chunk(upstream, &mut buf, scan.forward).await {
+                if let Err(e) =
+                    to_upstream(upstream, &mut buf, scan.forward, shared, &scanner).await
+                {
                     return SessionEnd::UpstreamIo(e);
                 }
-                shared
-                    .upstream_at_boundary
-                    .store(scanner.at_boundary(), Ordering::Release);
             }
         }
         if let Some(why) = unavailable.take() {
@@ -679,13 +691,9 @@ async fn client_to_upstream(
                     shared.pipeline().client_sent(b'Q', now);
                     let mut refusal = BytesMut::from(&audit_refusal(why)[..]);
                     let n = refusal.len();
-                    shared.upstream_at_boundary.store(false, Ordering::Release);
-                    if let Err(e) = write_chunk(upstream, &mut refusal, n).await {
+                    if let Err(e) = to_upstream(upstream, &mut refusal, n, shared, &scanner).await {
                         return SessionEnd::UpstreamIo(e);
                     }
-                    shared
-                        .upstream_at_boundary
-                        .store(scanner.at_boundary(), Ordering::Release);
                     continue;
                 }
                 _ => return SessionEnd::AuditUnavailable(why.to_string()),

@@ -11,7 +11,7 @@ use std::time::Duration;
 use pgward::audit::store::{next_hash, AuditStore};
 use pgward::audit::{Event, Kind};
 
-use crate::harness::{db, eventually, Proxy, Setup, PASSWORD};
+use crate::harness::{eventually, Proxy, Setup, PASSWORD};
 use crate::restricted::{conninfo, redteam_db, run, ANALYST};
 
 /// Every event in the proxy's audit store, after checking the chain.
@@ -167,20 +167,7 @@ fn statements_logins_and_sessions_become_chained_events() {
 fn kill_9_under_load_loses_no_statement_a_client_saw_complete() {
     let mut proxy = Proxy::start();
     proxy.add_user("loader", &["dba"]);
-    db().sql("postgres", "CREATE DATABASE auditload");
-    let conn = proxy
-        .conninfo("loader", PASSWORD)
-        .replace("dbname=clinic", "dbname=auditload");
-    let init = Command::new("pgbench")
-        .args(["-i", "-s", "1", "-q"])
-        .arg(&conn)
-        .output()
-        .expect("pgbench -i");
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
-    );
+    let conn = proxy.pgbench_database("loader", "auditload");
     let bench = Command::new("pgbench")
         .args(["-n", "-S", "-c", "4", "-j", "2", "-T", "30"])
         .arg(&conn)

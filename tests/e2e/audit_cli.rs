@@ -89,6 +89,20 @@ impl Trail {
         AuditStore::open(&self.audit_db).expect("audit store")
     }
 
+    /// Rewrites event `id`'s body as someone with write access to the
+    /// file could, replacing `from` by `to`.
+    fn tamper(&self, id: u64, from: &str, to: &str) {
+        let changed = self
+            .store()
+            .connection()
+            .execute(
+                "UPDATE events SET body = CAST(replace(CAST(body AS TEXT), ?2, ?3) AS BLOB) WHERE id = ?1",
+                rusqlite::params![id as i64, from, to],
+            )
+            .expect("tamper");
+        assert_eq!(changed, 1);
+    }
+
     fn last_event(&self) -> Event {
         let store = self.store();
         let (id, _) = store.head().expect("head");
@@ -135,17 +149,8 @@ fn verify_passes_then_names_the_tampered_event() {
     assert_eq!(trail.audit(&["verify"]).status.code(), Some(0));
 
     // Someone with write access to the file edits event 8 (i = 7).
-    let store = trail.store();
-    let changed = store
-        .connection()
-        .execute(
-            "UPDATE events SET body = CAST(replace(CAST(body AS TEXT), 'id = 7', 'id = 9') AS BLOB) WHERE id = 8",
-            [],
-        )
-        .expect("tamper");
-    assert_eq!(changed, 1);
-    let before = store.count().expect("count");
-    drop(store);
+    trail.tamper(8, "id = 7", "id = 9");
+    let before = trail.store().count().expect("count");
     let out = trail.audit(&["verify"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let report = stdout(&out);
@@ -496,17 +501,8 @@ fn prune_removes_old_events_and_the_rest_still_verifies() {
     assert!(text(&out).contains("less than 1day ago"), "{}", text(&out));
 
     // A tampered event among those to remove: nothing is pruned.
-    let store = trail.store();
-    let changed = store
-        .connection()
-        .execute(
-            "UPDATE events SET body = CAST(replace(CAST(body AS TEXT), 'id = 11', 'id = 12') AS BLOB) WHERE id = 12",
-            [],
-        )
-        .expect("tamper");
-    assert_eq!(changed, 1);
-    let before = store.count().expect("count");
-    drop(store);
+    trail.tamper(12, "id = 11", "id = 12");
+    let before = trail.store().count().expect("count");
     let out = trail.audit(&["prune", "--before", "2020-01-25"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(stdout(&out).starts_with("FAILED: "), "{}", text(&out));

@@ -95,20 +95,7 @@ fn psql_copy_both_ways() {
 fn pgbench_initialises_and_runs_in_every_protocol() {
     let proxy = Proxy::start();
     proxy.add_user("bench", &["dba"]);
-    db().sql("postgres", "CREATE DATABASE bench");
-    let conn = proxy
-        .conninfo("bench", PASSWORD)
-        .replace("dbname=clinic", "dbname=bench");
-    let init = Command::new("pgbench")
-        .args(["-i", "-s", "1", "-q"])
-        .arg(&conn)
-        .output()
-        .expect("pgbench -i");
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
-    );
+    let conn = proxy.pgbench_database("bench", "bench");
     for protocol in ["simple", "extended", "prepared"] {
         let run = Command::new("pgbench")
             .args(["-n", "-c", "4", "-j", "2", "-t", "200", "-M", protocol])

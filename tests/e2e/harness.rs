@@ -314,6 +314,26 @@ impl Proxy {
         self.dir.path().join("certs/ca.crt")
     }
 
+    /// A new database `dbname` filled by `pgbench -i -s 1` through pgward
+    /// as `user`; returns the conninfo that reaches it.
+    pub fn pgbench_database(&self, user: &str, dbname: &str) -> String {
+        db().sql("postgres", &format!("CREATE DATABASE {dbname}"));
+        let conn = self
+            .conninfo(user, PASSWORD)
+            .replace("dbname=clinic", &format!("dbname={dbname}"));
+        let init = Command::new("pgbench")
+            .args(["-i", "-s", "1", "-q"])
+            .arg(&conn)
+            .output()
+            .expect("pgbench -i");
+        assert!(
+            init.status.success(),
+            "{}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+        conn
+    }
+
     pub fn add_user(&self, name: &str, roles: &[&str]) {
         self.add_user_with(name, roles, &[]);
     }
