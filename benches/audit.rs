@@ -3,7 +3,8 @@
 //! pipeline — reserve, queue, batch, SQLite commit, acknowledgement — on
 //! this machine (target ≥ 50,000 events/s), and the latency of one
 //! acknowledged event — what a statement waits for before its
-//! ReadyForQuery with `audit.durability: commit`.
+//! ReadyForQuery with `audit.durability: commit` — and of one spooled
+//! event, what it waits for with `spool` (the default).
 //!
 //! `cargo bench --bench audit`
 
@@ -54,7 +55,7 @@ fn encode_and_hash(c: &mut Criterion) {
     });
 }
 
-fn writer(dir: &std::path::Path) -> Arc<Audit> {
+fn writer(dir: &std::path::Path, spool: bool) -> Arc<Audit> {
     Audit::start(WriterConfig {
         path: dir.join("audit.db"),
         key: dir.join("audit.key"),
@@ -64,6 +65,7 @@ fn writer(dir: &std::path::Path) -> Arc<Audit> {
         checkpoint_interval: std::time::Duration::from_secs(1),
         instance: "bench".into(),
         alerts: Default::default(),
+        spool,
     })
     .expect("audit")
 }
@@ -80,7 +82,7 @@ fn runtime() -> tokio::runtime::Runtime {
 /// Events per second through the writer, from 4 producer tasks.
 fn pipeline_rate(total: usize) -> f64 {
     let dir = tempfile::tempdir().expect("tempdir");
-    let audit = writer(dir.path());
+    let audit = writer(dir.path(), false);
     let rt = runtime();
     let who = who();
     let started = Instant::now();
@@ -108,11 +110,12 @@ fn pipeline_rate(total: usize) -> f64 {
     total as f64 / started.elapsed().as_secs_f64()
 }
 
-/// Mean time from queueing one event to its acknowledgement when each
-/// waits for the last (one session, `durability: commit`), in µs.
-fn acknowledged_latency(n: usize) -> f64 {
+/// Mean time from reserving a place for one event to its acknowledgement
+/// when each waits for the last (one session): its commit, or with `spool`
+/// its spool write, in µs.
+fn acknowledged_latency(n: usize, spool: bool) -> f64 {
     let dir = tempfile::tempdir().expect("tempdir");
-    let audit = writer(dir.path());
+    let audit = writer(dir.path(), spool);
     let rt = runtime();
     let who = who();
     let started = Instant::now();
@@ -155,8 +158,10 @@ fn main() {
     let n = 400_000;
     let rate = pipeline_rate(n);
     println!("audit/pipeline: {n} events stored in batches at {rate:.0} events/s");
-    let us = acknowledged_latency(20_000);
+    let us = acknowledged_latency(20_000, false);
     println!("audit/acknowledged: one event at a time, {us:.1} µs from queueing to stored");
+    let us = acknowledged_latency(20_000, true);
+    println!("audit/spooled: one event at a time, {us:.1} µs from queueing to spooled");
     let us = lone_commit(20_000);
     println!("audit/commit: one event per transaction, {us:.1} µs (no thread hand-offs)");
     Criterion::default().configure_from_args().final_summary();

@@ -18,8 +18,9 @@
 #   SCALE      pgbench scale factor (default 10)
 #   IDLE_N     idle sessions for the memory measurement (default 200)
 #   PGWARD     pgward binary (default target/release/pgward)
-#   AUDIT_DURABILITY  commit (default: ReadyForQuery waits for the stored
-#              audit event) or queue
+#   AUDIT_DURABILITY  spool (default: ReadyForQuery waits for the audit
+#              event's spool write), commit (for its commit to the store) or
+#              queue
 set -euo pipefail
 
 DURATION=${DURATION:-10}
@@ -292,8 +293,11 @@ PGPASSWORD=$PW timeout 600 pgbench -i -q -s "$SCALE" "${CONN[direct]}" >"$TMP/pg
 # ---------------------------------------------------------------- pgbench
 declare -A TPS LAT
 MODES=("simple 1" "simple 16" "prepared 1" "prepared 16")
-for t in "${TARGETS[@]}" masked audit_off; do
-  for m in "${MODES[@]}"; do
+# Workload by workload, every target back to back (pgward with audit on,
+# then off, then the masked role), so that drift on a shared machine does
+# not land on one side of a ratio.
+for m in "${MODES[@]}"; do
+  for t in "${TARGETS[@]}" audit_off masked; do
     read -r mode clients <<<"$m"
     jobs=$((clients > 1 ? 2 : 1))
     log "pgbench -S -M $mode -c $clients -j $jobs -T $DURATION -> $t"
@@ -385,7 +389,7 @@ for m in "${MODES[@]}"; do
     "$(cell pgward "$m")" "$(cell masked "$m")" "$(ratio "${TPS[masked,$m]}" "${TPS[pgward,$m]}")"
 done
 echo
-echo "audit trail: pgward with statement events (durability ${AUDIT_DURABILITY:-commit}) vs audit.record_statements off"
+echo "audit trail: pgward with statement events (durability ${AUDIT_DURABILITY:-spool}) vs audit.record_statements off"
 printf '%-22s  %-24s  %-24s  %s\n' workload "pgward audit on" "pgward audit off" on/off
 for m in "${MODES[@]}"; do
   read -r mode clients <<<"$m"

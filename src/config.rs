@@ -119,10 +119,13 @@ pub struct AuditConfig {
     /// How often the chain's head is signed (when it has moved).
     #[serde(with = "humantime_serde")]
     pub checkpoint_interval: Duration,
-    /// `commit`: a statement's ReadyForQuery waits until its event is
-    /// stored (nothing a client saw complete is lost, even on kill -9);
-    /// `queue`: it waits only for a place in the queue (faster; a crash
-    /// can lose the events of the last milliseconds).
+    /// `spool`: a statement's ReadyForQuery waits until its event is
+    /// written to the spool file next to the store, which pgward stores
+    /// from after a crash (nothing a client saw complete is lost, even on
+    /// kill -9); `commit`: it waits until the event is committed to the
+    /// store (the same guarantee, slower); `queue`: it waits only for a
+    /// place in the queue (a crash can lose the events of the last
+    /// milliseconds).
     pub durability: AuditDurability,
     /// How long a statement's ReadyForQuery waits for its event to be
     /// stored before the session is ended.
@@ -158,6 +161,7 @@ pub struct AuditConfig {
 #[serde(rename_all = "lowercase")]
 pub enum AuditDurability {
     #[default]
+    Spool,
     Commit,
     Queue,
 }
@@ -180,7 +184,7 @@ impl Default for AuditConfig {
             batch: 1024,
             on_failure: crate::audit::OnFailure::Refuse,
             checkpoint_interval: Duration::from_secs(1),
-            durability: AuditDurability::Commit,
+            durability: AuditDurability::Spool,
             ack_timeout: Duration::from_secs(10),
             parameters: AuditParameters::Off,
             retention: Some(crate::audit::retention::DEFAULT_RETENTION),

@@ -11,7 +11,7 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -77,11 +77,29 @@ impl Collector for AuditCounters {
                 "Alerts raised by the audit rules",
                 &c.alerts,
             ),
+            (
+                "audit_spool_failures",
+                "Failed audit spool writes (those statements waited for their commit)",
+                &c.spool_failures,
+            ),
+            (
+                "audit_events_recovered",
+                "Spooled audit events stored at start after an unclean stop",
+                &c.recovered,
+            ),
         ] {
             let counter = ConstCounter::new(value.load(Relaxed));
             let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
             counter.encode(metric)?;
         }
+        let waiting = ConstGauge::new(c.waiting.load(Relaxed) as i64);
+        let metric = encoder.encode_descriptor(
+            "audit_events_waiting",
+            "Audit events queued or being written, not yet stored in the chain",
+            None,
+            waiting.metric_type(),
+        )?;
+        waiting.encode(metric)?;
         Ok(())
     }
 }

@@ -16,6 +16,7 @@ pub mod fingerprint;
 pub mod ocsf;
 pub mod retention;
 pub mod sinks;
+pub mod spool;
 pub mod store;
 pub mod verify;
 pub mod writer;

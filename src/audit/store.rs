@@ -53,6 +53,12 @@ const MIGRATIONS: &[&str] = &[
         base_hash BLOB NOT NULL
     );
     INSERT INTO chain_base VALUES (1, 0, zeroblob(32));",
+    // 2: the highest spool sequence number whose event is stored.
+    "CREATE TABLE spool_mark (
+        only INTEGER PRIMARY KEY CHECK (only = 1),
+        seq  INTEGER NOT NULL
+    );
+    INSERT INTO spool_mark VALUES (1, 0);",
 ];
 
 /// One stored event, as read back.
@@ -275,12 +281,34 @@ impl AuditStore {
     /// Appends `events` in one transaction, assigning ids and extending the
     /// chain. Returns the new head.
     pub fn append(&mut self, events: &mut [Event]) -> Result<(u64, Hash), AuditStoreError> {
+        self.append_spooled(events, None)
+    }
+
+    /// [`AuditStore::append`], also recording in the same transaction that
+    /// every spooled event through `spool_mark` is now stored.
+    pub fn append_spooled(
+        &mut self,
+        events: &mut [Event],
+        spool_mark: Option<u64>,
+    ) -> Result<(u64, Hash), AuditStoreError> {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let head = Self::append_in(&tx, events)?;
+        if let Some(seq) = spool_mark {
+            tx.prepare_cached("UPDATE spool_mark SET seq = max(seq, ?1)")?
+                .execute([seq as i64])?;
+        }
         tx.commit()?;
         Ok(head)
+    }
+
+    /// The highest spool sequence number whose event is stored.
+    pub fn spool_mark(&self) -> Result<u64, AuditStoreError> {
+        let seq: i64 = self
+            .conn
+            .query_row("SELECT seq FROM spool_mark", [], |r| r.get(0))?;
+        Ok(seq.max(0) as u64)
     }
 
     /// [`AuditStore::append`] inside a write transaction the caller holds.

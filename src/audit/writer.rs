@@ -7,9 +7,16 @@
 //! the database. When no place is free, or the store is failing, the
 //! statement is refused (`on_failure: refuse`, the default), waits for room
 //! (`block`), or runs without an event (`continue`, counted in metrics).
-//! So with the default nothing runs that cannot be recorded, and the relay
-//! holds each ReadyForQuery until the statement's event is committed: what a
-//! client saw complete is on disk even if pgward is killed right after.
+//! So with the default nothing runs that cannot be recorded.
+//!
+//! What a client saw complete must survive `kill -9`. With `durability:
+//! spool` (the default) a session writes each event to the
+//! [`spool`](super::spool) before releasing ReadyForQuery, and the writer
+//! commits it later; with `commit` the relay holds ReadyForQuery until the
+//! writer acknowledges the commit (slower: a commit and two thread
+//! hand-offs per statement). A spool write that fails falls back to
+//! waiting for the commit. At start, spooled events the store lacks are
+//! stored first.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -25,6 +32,7 @@ use super::alerts::{AlertRules, Alerter};
 use super::chain::SigningKey;
 use super::event::Event;
 use super::fingerprint::{fingerprint, Relations};
+use super::spool::{self, Recovery, Spool};
 use super::store::AuditStore;
 
 /// What happens to statements when events cannot be stored.
@@ -59,10 +67,23 @@ impl std::fmt::Display for Unavailable {
 }
 
 enum Job {
-    Event(Box<Event>, Option<oneshot::Sender<()>>),
+    /// An event; its commit acknowledged to `ack`, or already spooled with
+    /// this sequence number.
+    Event {
+        event: Box<Event>,
+        ack: Option<oneshot::Sender<()>>,
+        spooled: Option<u64>,
+    },
     /// Commit everything before, sign a checkpoint, then answer.
     Flush(oneshot::Sender<()>),
+    /// Store what came before, sign, and end the thread.
+    Stop,
 }
+
+/// With the spool, how long the writer gathers events into one commit:
+/// they are safe already, and a commit per statement would take CPU the
+/// sessions need. Bounds how far the store (and sinks) lag behind.
+const SPOOL_LINGER: Duration = Duration::from_millis(5);
 
 /// Writer settings.
 #[derive(Clone, Debug)]
@@ -75,6 +96,8 @@ pub struct WriterConfig {
     pub checkpoint_interval: Duration,
     pub instance: String,
     pub alerts: AlertRules,
+    /// Acknowledge events once spooled rather than once committed.
+    pub spool: bool,
 }
 
 /// Counters the metrics endpoint reads.
@@ -85,6 +108,12 @@ pub struct Counters {
     pub batches: AtomicU64,
     pub failures: AtomicU64,
     pub alerts: AtomicU64,
+    /// Spool writes that failed (those events waited for their commit).
+    pub spool_failures: AtomicU64,
+    /// Events recovered from the spool at start.
+    pub recovered: AtomicU64,
+    /// Places taken in the queue: events on their way or not yet stored.
+    pub waiting: Arc<AtomicUsize>,
 }
 
 /// The handle sessions use.
@@ -96,6 +125,8 @@ pub struct Audit {
     on_failure: OnFailure,
     instance: String,
     pub counters: Arc<Counters>,
+    /// Where events are acknowledged from, with `durability: spool`.
+    spool: Option<Arc<Spool>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     /// Tells the WAL merging thread to stop.
     stopped: Arc<AtomicBool>,
@@ -119,9 +150,22 @@ impl Audit {
     /// Opens the store and the signing key and starts the writer thread.
     pub fn start(cfg: WriterConfig) -> anyhow::Result<Arc<Audit>> {
         use anyhow::Context as _;
-        let store = AuditStore::open(&cfg.path)
+        let mut store = AuditStore::open(&cfg.path)
             .with_context(|| format!("opening the audit store {}", cfg.path.display()))?;
         store.defer_wal_merges()?;
+        let reserved = Arc::new(AtomicUsize::new(0));
+        let counters = Arc::new(Counters {
+            waiting: Arc::clone(&reserved),
+            ..Counters::default()
+        });
+        let mut alerter = Alerter::new(cfg.alerts.clone(), &cfg.instance);
+        let spool_dir = spool::dir_for(&cfg.path);
+        let recovery = Recovery::open(&spool_dir, store.spool_mark()?)
+            .with_context(|| format!("opening the audit spool {}", spool_dir.display()))?;
+        let spool = Arc::new(
+            recover(&mut store, recovery, &mut alerter, &cfg.instance, &counters)
+                .with_context(|| format!("recovering the audit spool {}", spool_dir.display()))?,
+        );
         let merger = AuditStore::open(&cfg.path)?;
         let stopped = Arc::new(AtomicBool::new(false));
         std::thread::Builder::new()
@@ -133,9 +177,7 @@ impl Audit {
         let key = SigningKey::load_or_create(&cfg.key)?;
         let capacity = cfg.queue.max(1);
         let (tx, rx) = sync_channel(capacity);
-        let reserved = Arc::new(AtomicUsize::new(0));
         let failing = Arc::new(AtomicBool::new(false));
-        let counters = Arc::new(Counters::default());
         let thread = std::thread::Builder::new()
             .name("pgward-audit".into())
             .spawn({
@@ -144,10 +186,16 @@ impl Audit {
                 let counters = Arc::clone(&counters);
                 let batch = cfg.batch.max(1);
                 let interval = cfg.checkpoint_interval;
-                let alerter = Alerter::new(cfg.alerts.clone(), &cfg.instance);
+                let spool = Arc::clone(&spool);
+                let linger = if cfg.spool {
+                    SPOOL_LINGER
+                } else {
+                    Duration::ZERO
+                };
                 move || {
                     write_loop(
                         store, key, rx, reserved, failing, counters, batch, interval, alerter,
+                        spool, linger,
                     )
                 }
             })?;
@@ -159,6 +207,7 @@ impl Audit {
             on_failure: cfg.on_failure,
             instance: cfg.instance,
             counters,
+            spool: cfg.spool.then_some(spool),
             thread: Mutex::new(Some(thread)),
             stopped,
         }))
@@ -227,12 +276,42 @@ impl Audit {
         }
     }
 
-    /// Queues `event` in its reserved place; the receiver resolves when it
-    /// is committed. `None` when the slot was a `continue` pass.
+    /// Queues `event` in its reserved place. With the spool, the event is
+    /// safe once this returns `None`; otherwise the receiver resolves when
+    /// it is committed. `None` too when the slot was a `continue` pass.
     pub fn send(&self, mut slot: Slot, event: Event) -> Option<oneshot::Receiver<()>> {
         let reserved = slot.reserved.take()?;
+        let event = Box::new(event);
+        if let Some(spool) = &self.spool {
+            match spool.append(&event.encode()) {
+                Ok(spooled) => {
+                    let job = Job::Event {
+                        event,
+                        ack: None,
+                        spooled: Some(spooled.seq),
+                    };
+                    if self.tx.try_send(job).is_err() {
+                        // Cannot happen while reservations are honest; the
+                        // event is spooled and is stored at the next start.
+                        reserved.fetch_sub(1, Ordering::AcqRel);
+                        self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return None;
+                }
+                Err(e) => {
+                    if self.counters.spool_failures.fetch_add(1, Ordering::Relaxed) == 0 {
+                        tracing::error!(error = %e, "cannot write to the audit spool; statements wait for their commits");
+                    }
+                }
+            }
+        }
         let (ack, done) = oneshot::channel();
-        match self.tx.try_send(Job::Event(Box::new(event), Some(ack))) {
+        let job = Job::Event {
+            event,
+            ack: Some(ack),
+            spooled: None,
+        };
+        match self.tx.try_send(job) {
             Ok(()) => Some(done),
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 // Cannot happen while reservations are honest; never block.
@@ -259,12 +338,17 @@ impl Audit {
         }
     }
 
-    /// Flushes and stops the writer (at shutdown).
+    /// Flushes and stops the writer (at shutdown), waiting until its
+    /// thread has ended and let go of the spool.
     pub async fn close(&self) {
         self.flush().await;
         self.stopped.store(true, Ordering::Release);
         let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
-        drop(thread);
+        if let Some(thread) = thread {
+            if self.tx.send(Job::Stop).is_ok() {
+                let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+            }
+        }
     }
 
     pub fn is_failing(&self) -> bool {
@@ -283,6 +367,8 @@ fn write_loop(
     batch_max: usize,
     interval: Duration,
     mut alerter: Alerter,
+    spool: Arc<Spool>,
+    linger: Duration,
 ) {
     let mut events: Vec<Event> = Vec::with_capacity(batch_max);
     let mut acks: Vec<oneshot::Sender<()>> = Vec::with_capacity(batch_max);
@@ -291,7 +377,12 @@ fn write_loop(
     let mut unsigned = false;
     let mut relations = Relations::default();
     loop {
-        let first = match poll_briefly(&rx).map_or_else(|| rx.recv_timeout(interval), Ok) {
+        let polled = if linger.is_zero() {
+            poll_briefly(&rx)
+        } else {
+            None
+        };
+        let first = match polled.map_or_else(|| rx.recv_timeout(interval), Ok) {
             Ok(job) => job,
             Err(RecvTimeoutError::Timeout) => {
                 if unsigned {
@@ -303,19 +394,37 @@ fn write_loop(
             }
             Err(RecvTimeoutError::Disconnected) => break,
         };
+        // Spooled events are safe already: let more arrive before paying
+        // for a commit. Sleeping rather than waiting on the queue spares
+        // each session a wake-up call per event.
+        if !linger.is_zero() && matches!(first, Job::Event { ack: None, .. }) {
+            std::thread::sleep(linger);
+        }
         let mut next = Some(first);
+        let mut mark = None;
+        let mut stop = false;
+        // Events keep their place until stored: the queue's capacity
+        // bounds what is not stored yet, and 0 means all is stored.
+        let mut taken = 0;
         while let Some(job) = next.take() {
             match job {
-                Job::Event(e, ack) => {
-                    reserved.fetch_sub(1, Ordering::AcqRel);
-                    events.push(*e);
+                Job::Event {
+                    event,
+                    ack,
+                    spooled,
+                } => {
+                    taken += 1;
+                    events.push(*event);
                     acks.extend(ack);
+                    mark = spooled.or(mark);
                 }
                 Job::Flush(ack) => flushes.push(ack),
+                Job::Stop => stop = true,
             }
-            if events.len() < batch_max {
-                next = rx.try_recv().ok();
+            if events.len() >= batch_max || stop {
+                break;
             }
+            next = rx.try_recv().ok();
         }
         if !events.is_empty() {
             for e in events.iter_mut() {
@@ -325,7 +434,11 @@ fn write_loop(
                 let raised = raise_alerts(&mut alerter, &mut events);
                 counters.alerts.fetch_add(raised, Ordering::Relaxed);
             }
-            store_batch(&mut store, &mut events, &failing, &counters);
+            store_batch(&mut store, &mut events, mark, &failing, &counters);
+            reserved.fetch_sub(taken, Ordering::AcqRel);
+            if let Some(mark) = mark {
+                spool.stored_through(mark);
+            }
             unsigned = true;
             for ack in acks.drain(..) {
                 let _ = ack.send(());
@@ -339,10 +452,58 @@ fn write_loop(
                 let _ = ack.send(());
             }
         }
+        if stop {
+            break;
+        }
     }
     if unsigned {
         sign(&mut store, &key, &failing, &counters);
     }
+}
+
+/// Stores what an earlier run spooled but did not store (after a crash),
+/// followed by an `audit.recover` event saying so, then opens this run's
+/// spool.
+fn recover(
+    store: &mut AuditStore,
+    mut recovery: Recovery,
+    alerter: &mut Alerter,
+    instance: &str,
+    counters: &Counters,
+) -> anyhow::Result<Spool> {
+    let mut events = std::mem::take(&mut recovery.events);
+    if !events.is_empty() || !recovery.damaged.is_empty() {
+        let n = events.len();
+        let mut relations = Relations::default();
+        for e in events.iter_mut() {
+            enrich(e, &mut relations);
+        }
+        if alerter.is_active() {
+            counters
+                .alerts
+                .fetch_add(raise_alerts(alerter, &mut events), Ordering::Relaxed);
+        }
+        let mut detail = format!(
+            "{n} events recovered from the spool after an unclean stop (through spool sequence {})",
+            recovery.last_seq
+        );
+        for d in &recovery.damaged {
+            detail.push_str("; damaged: ");
+            detail.push_str(d);
+        }
+        if recovery.damaged.is_empty() {
+            tracing::warn!("{detail}");
+        } else {
+            tracing::error!("{detail}");
+        }
+        events.push(Event::admin(instance, "pgward", "audit.recover", detail));
+        store.append_spooled(&mut events, Some(recovery.last_seq))?;
+        counters.recovered.fetch_add(n as u64, Ordering::Relaxed);
+        counters
+            .stored
+            .fetch_add(events.len() as u64, Ordering::Relaxed);
+    }
+    Ok(recovery.into_spool()?)
 }
 
 /// Fills in the fingerprint and, for statements pgward did not analyze,
@@ -421,12 +582,13 @@ fn merge_loop(store: AuditStore, stopped: Arc<AtomicBool>) {
 fn store_batch(
     store: &mut AuditStore,
     events: &mut Vec<Event>,
+    spool_mark: Option<u64>,
     failing: &AtomicBool,
     counters: &Counters,
 ) {
     let mut backoff = Duration::from_millis(10);
     loop {
-        match store.append(events) {
+        match store.append_spooled(events, spool_mark) {
             Ok(_) => {
                 if failing.swap(false, Ordering::AcqRel) {
                     tracing::warn!("audit store recovered");
@@ -474,6 +636,7 @@ mod tests {
             checkpoint_interval: Duration::from_millis(50),
             instance: "test".into(),
             alerts: AlertRules::default(),
+            spool: false,
         }
     }
 
@@ -497,6 +660,69 @@ mod tests {
         let store = AuditStore::open_read_only(&dir.path().join("audit.db")).unwrap();
         assert_eq!(store.count().unwrap(), 100);
         assert_eq!(store.checkpoints().unwrap().last().unwrap().last_id, 100);
+    }
+
+    #[tokio::test]
+    async fn spooled_events_left_by_a_crash_are_stored_once_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = WriterConfig {
+            spool: true,
+            ..config(dir.path(), 1024)
+        };
+        let audit = Audit::start(cfg.clone()).unwrap();
+        for i in 0..3 {
+            let slot = audit.reserve().await.unwrap();
+            let mut e = Event::new(Kind::Statement, "test");
+            e.text = Some(format!("SELECT {i}"));
+            assert!(audit.send(slot, e).is_none(), "acknowledged when spooled");
+        }
+        audit.close().await;
+        drop(audit);
+        // What a run killed before its writer got to them leaves behind.
+        let spool_dir = spool::dir_for(&cfg.path);
+        let store = AuditStore::open(&cfg.path).unwrap();
+        let mark = store.spool_mark().unwrap();
+        assert_eq!(mark, 3);
+        let spool = Recovery::open(&spool_dir, mark)
+            .unwrap()
+            .into_spool()
+            .unwrap();
+        for text in ["SELECT 'lost 1'", "SELECT 'lost 2'"] {
+            let mut e = Event::new(Kind::Statement, "test");
+            e.text = Some(text.into());
+            drop(spool.append(&e.encode()).unwrap());
+        }
+        drop(spool);
+
+        for _ in 0..2 {
+            let audit = Audit::start(cfg.clone()).unwrap();
+            audit.close().await;
+        }
+        let texts: Vec<String> = store
+            .connection()
+            .prepare("SELECT body FROM events ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get::<_, Vec<u8>>(0))
+            .unwrap()
+            .map(|b| Event::decode(&b.unwrap()).unwrap())
+            .map(|e| e.text.or(e.action).unwrap_or_default())
+            .collect();
+        assert_eq!(
+            texts,
+            [
+                "SELECT 0",
+                "SELECT 1",
+                "SELECT 2",
+                "SELECT 'lost 1'",
+                "SELECT 'lost 2'",
+                "audit.recover"
+            ],
+            "recovered once, in order, and said so"
+        );
+        assert_eq!(store.spool_mark().unwrap(), 5);
+        let key = SigningKey::load_or_create(&cfg.key).unwrap();
+        let report = crate::audit::verify::verify_store(&store, key.public_key()).unwrap();
+        assert!(report.is_verified(), "{:?}", report.failure());
     }
 
     #[tokio::test]

@@ -154,6 +154,7 @@ pub async fn serve(
             checkpoint_interval: a.checkpoint_interval,
             instance: a.instance_name(),
             alerts: a.alerts.clone(),
+            spool: a.durability == crate::config::AuditDurability::Spool,
         };
         tokio::task::spawn_blocking(move || crate::audit::Audit::start(cfg)).await??
     };

@@ -166,7 +166,9 @@ pub async fn run(
             relay::Enforcement {
                 guard,
                 recorder,
-                ack_timeout: (rt.config.audit.durability == crate::config::AuditDurability::Commit)
+                // With the spool, only events whose spool write failed
+                // come with a commit to wait for.
+                ack_timeout: (rt.config.audit.durability != crate::config::AuditDurability::Queue)
                     .then_some(rt.config.audit.ack_timeout),
                 schemas: Arc::clone(&ctx.guard.schemas),
                 database,

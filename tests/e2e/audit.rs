@@ -14,8 +14,10 @@ use pgward::audit::{Event, Kind};
 use crate::harness::{eventually, Proxy, Setup, PASSWORD};
 use crate::restricted::{conninfo, redteam_db, run, ANALYST};
 
-/// Every event in the proxy's audit store, after checking the chain.
+/// Every event in the proxy's audit store once it has stored what it
+/// took, after checking the chain.
 fn events(proxy: &Proxy) -> Vec<Event> {
+    proxy.audit_stored();
     let store =
         AuditStore::open_read_only(&proxy.dir.path().join("audit.db")).expect("audit store");
     let (_, mut hash) = store.base().expect("base");
@@ -80,7 +82,7 @@ fn statements_logins_and_sessions_become_chained_events() {
         assert_eq!(row.get::<_, i32>(0), 42);
     });
 
-    // Statement events are stored before the client sees ReadyForQuery.
+    // Statement events are spooled before the client sees ReadyForQuery.
     let all = events(&proxy);
     let read = statements(&all, "SELECT id, ssn FROM patients WHERE id = 3");
     let [read] = read.as_slice() else {
@@ -277,10 +279,20 @@ fn alert_rules_raise_chained_alerts_right_after_their_cause() {
     }
 
     let mut all = Vec::new();
-    eventually(Duration::from_secs(5), "three alerts", || {
-        all = events(&proxy);
-        all.iter().filter(|e| e.kind == Kind::Alert).count() >= 3
-    });
+    // Events are stored a few milliseconds after they are spooled.
+    eventually(
+        Duration::from_secs(5),
+        "three alerts and every login",
+        || {
+            all = events(&proxy);
+            all.iter().filter(|e| e.kind == Kind::Alert).count() >= 3
+                && all
+                    .iter()
+                    .filter(|e| e.kind == Kind::Login && e.user() == Some("bob"))
+                    .count()
+                    >= 3
+        },
+    );
     let alerts: Vec<&Event> = all.iter().filter(|e| e.kind == Kind::Alert).collect();
     let rules: Vec<&str> = alerts.iter().filter_map(|a| a.action.as_deref()).collect();
     assert_eq!(
@@ -318,9 +330,12 @@ fn alert_rules_raise_chained_alerts_right_after_their_cause() {
 
 #[test]
 fn a_stuck_audit_store_refuses_statements_and_loses_none_it_ran() {
+    // Statements wait for their commits here (with the spool they would
+    // complete once spooled: see the next test).
     let proxy = Proxy::with(
         Setup::default()
-            .set("audit.queue", "2")
+            .set("audit.queue", "3")
+            .set("audit.durability", "commit")
             .set("audit.ack_timeout", "60s"),
     );
     proxy.add_user("alice", &["dba"]);
@@ -329,7 +344,7 @@ fn a_stuck_audit_store_refuses_statements_and_loses_none_it_ran() {
         // Sessions open while the store works (a login must be recorded).
         let mut clients = Vec::new();
         // A login needs two free places (login and session start) in a
-        // queue of two: wait for the writer between logins.
+        // queue of three: wait for the writer between logins.
         for _ in 0..4 {
             let mut tries = 0;
             let (client, conn) = loop {
@@ -346,7 +361,7 @@ fn a_stuck_audit_store_refuses_statements_and_loses_none_it_ran() {
             clients.push(Arc::new(client));
         }
         // Stored in order: once this is acknowledged the queue is empty
-        // (a queue of two fills under the load of the other tests: retry).
+        // (a queue of three fills under the load of the other tests: retry).
         let mut tries = 0;
         while let Err(e) = clients[0].simple_query("SELECT 'ready'").await {
             tries += 1;
@@ -359,8 +374,8 @@ fn a_stuck_audit_store_refuses_statements_and_loses_none_it_ran() {
         // Another process holds the store's write lock: the writer waits.
         let lock = rusqlite::Connection::open(proxy.dir.path().join("audit.db")).expect("open");
         lock.execute_batch("BEGIN EXCLUSIVE").expect("lock");
-        // One event is with the writer, two fill the queue: those three
-        // statements wait for their events to be stored.
+        // An event keeps its place until stored: three statements take the
+        // three places and wait for their events to be stored.
         let mut waiting = Vec::new();
         for (i, client) in clients.iter().take(3).enumerate() {
             let client = Arc::clone(client);
@@ -412,4 +427,66 @@ fn a_stuck_audit_store_refuses_statements_and_loses_none_it_ran() {
     }
     assert!(texts.contains(&"SELECT 4 AS after"));
     assert!(!texts.iter().any(|t| t.contains("AS refused")));
+}
+
+#[test]
+fn spooled_statements_survive_kill_9_while_the_store_is_stuck() {
+    let mut proxy = Proxy::start();
+    proxy.add_user("alice", &["dba"]);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let client = rt.block_on(async {
+        let (client, conn) = proxy
+            .connect_db("alice", PASSWORD, "clinic")
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        client
+    });
+    // Another process holds the store's write lock: nothing is committed.
+    let lock = rusqlite::Connection::open(proxy.dir.path().join("audit.db")).expect("open");
+    lock.execute_batch("BEGIN EXCLUSIVE").expect("lock");
+    rt.block_on(async {
+        for i in 0..5 {
+            let done = tokio::time::timeout(
+                Duration::from_secs(10),
+                client.simple_query(&format!("SELECT {i} AS spooled")),
+            )
+            .await;
+            assert!(
+                matches!(done, Ok(Ok(_))),
+                "completes once spooled: {done:?}"
+            );
+        }
+    });
+    proxy.signal(nix::sys::signal::Signal::SIGKILL);
+    let _ = proxy.wait_exit(Duration::from_secs(5));
+    drop(client);
+    lock.execute_batch("ROLLBACK").expect("unlock");
+    drop(lock);
+
+    // Restarted, pgward stores what it spooled, once, and says so.
+    proxy.spawn();
+    let all = events(&proxy);
+    for i in 0..5 {
+        let text = format!("SELECT {i} AS spooled");
+        let found = statements(&all, &text);
+        assert_eq!(found.len(), 1, "{text}: {found:?}");
+        assert_eq!(found[0].sqlstate.as_deref(), Some("00000"));
+        assert_eq!(found[0].user(), Some("alice"));
+    }
+    let recover: Vec<&Event> = all
+        .iter()
+        .filter(|e| e.action.as_deref() == Some("audit.recover"))
+        .collect();
+    assert_eq!(recover.len(), 1, "{recover:?}");
+    let last_statement = all
+        .iter()
+        .rposition(|e| e.text.as_deref() == Some("SELECT 4 AS spooled"))
+        .expect("stored");
+    let recover_at = all
+        .iter()
+        .position(|e| e.action.as_deref() == Some("audit.recover"))
+        .expect("stored");
+    assert!(recover_at > last_statement, "after what it recovered");
+    assert!(proxy.metric("pgward_audit_events_recovered_total") >= 5.0);
 }

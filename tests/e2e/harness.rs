@@ -468,6 +468,16 @@ impl Proxy {
         (status, body)
     }
 
+    /// Waits until every audit event pgward has taken is stored: events
+    /// are spooled before a client sees its statement complete and
+    /// stored in the chain a few milliseconds later.
+    pub fn audit_stored(&self) {
+        eventually(Duration::from_secs(10), "audit events stored", || {
+            let (_, body) = self.http_get("/metrics");
+            body.lines().any(|l| l == "pgward_audit_events_waiting 0")
+        });
+    }
+
     /// The value of a metric line such as `pgward_active_sessions`.
     pub fn metric(&self, name: &str) -> f64 {
         let (_, body) = self.http_get("/metrics");

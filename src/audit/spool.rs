@@ -1,0 +1,415 @@
+//! The spool: an append-only file that each event is written to before
+//! the client sees its statement complete (`audit.durability: spool`).
+//!
+//! Storing an event in the chain costs a SQLite commit (tens of
+//! microseconds) and two thread hand-offs; holding every ReadyForQuery for
+//! that made audited sessions much slower than unaudited ones. A `write(2)`
+//! of the event to a file the kernel already holds costs a few
+//! microseconds, and survives the same thing a commit with
+//! `synchronous=NORMAL` survives: the death of the process (not a power
+//! cut — neither is fsynced). So the session writes the event here, under
+//! a short lock that also queues it for the writer in the same order, and
+//! releases ReadyForQuery at once; the writer chains and commits it later
+//! and records, in the same transaction, the highest spool sequence number
+//! it has stored ([`AuditStore::spool_mark`](super::store::AuditStore)).
+//! After a crash, [`Recovery`] hands back every spooled event above that
+//! mark, to be stored before pgward accepts a connection.
+//!
+//! The spool is a directory of segments named by their first sequence
+//! number. A record is `length (u32) ‖ sequence (u64) ‖ CRC-32 of sequence
+//! and body ‖ body` (little-endian; the body is the event's JSON). A
+//! segment is sealed at [`SEGMENT_BYTES`] and deleted once the store holds
+//! everything in it. A torn or damaged record ends what is read of its
+//! segment: a record the kernel did not take whole was never acknowledged.
+//! One pgward at a time: the directory is locked (`flock`) while in use.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use nix::fcntl::{Flock, FlockArg};
+
+use super::event::Event;
+
+/// A segment is sealed once it holds this much.
+pub const SEGMENT_BYTES: u64 = 8 << 20;
+
+/// The first bytes of every segment.
+const MAGIC: &[u8; 8] = b"PGWSPL1\n";
+const RECORD_HEADER: usize = 4 + 8 + 4;
+/// No event is this large; a length above it is damage.
+const MAX_BODY: usize = 64 << 20;
+
+/// The spool directory of the store at `store`: `audit.db` → `audit.db.spool`.
+pub fn dir_for(store: &Path) -> PathBuf {
+    let mut name = store.file_name().unwrap_or_default().to_os_string();
+    name.push(".spool");
+    store.with_file_name(name)
+}
+
+/// What an earlier run left in the spool, read when pgward starts.
+pub struct Recovery {
+    dir: PathBuf,
+    lock: Flock<File>,
+    /// Spooled events the store does not hold yet, in spool order.
+    pub events: Vec<Event>,
+    /// The highest sequence number seen (or the store's mark).
+    pub last_seq: u64,
+    /// What was wrong with segments that were not read to their end.
+    pub damaged: Vec<String>,
+    segments: Vec<PathBuf>,
+}
+
+impl Recovery {
+    /// Locks the spool at `dir` (creating it, mode 0700) and reads every
+    /// event in it with a sequence number above `stored_mark`.
+    pub fn open(dir: &Path, stored_mark: u64) -> io::Result<Recovery> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        let lock_file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(dir.join("lock"))?;
+        let lock = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+            io::Error::other(format!(
+                "the audit spool {} is in use by another pgward ({e}); one pgward per audit store",
+                dir.display()
+            ))
+        })?;
+        let mut segments: Vec<PathBuf> = fs::read_dir(dir)?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+            .collect();
+        segments.sort();
+        let mut recovery = Recovery {
+            dir: dir.to_path_buf(),
+            lock,
+            events: Vec::new(),
+            last_seq: stored_mark,
+            damaged: Vec::new(),
+            segments: Vec::new(),
+        };
+        for path in segments {
+            let data = fs::read(&path)?;
+            let name = path.display().to_string();
+            if let Err(why) = read_segment(&data, |seq, body| {
+                recovery.last_seq = recovery.last_seq.max(seq);
+                if seq <= stored_mark {
+                    return Ok(());
+                }
+                let event = Event::decode(body)
+                    .map_err(|e| format!("record {seq} is not an event: {e}"))?;
+                recovery.events.push(event);
+                Ok(())
+            }) {
+                recovery.damaged.push(format!("{name}: {why}"));
+            }
+            recovery.segments.push(path);
+        }
+        Ok(recovery)
+    }
+
+    /// Once the recovered events are stored: removes the old segments and
+    /// opens a fresh one for this run.
+    pub fn into_spool(self) -> io::Result<Spool> {
+        for path in &self.segments {
+            fs::remove_file(path)?;
+        }
+        let next_seq = self.last_seq + 1;
+        let file = new_segment(&self.dir, next_seq)?;
+        Ok(Spool {
+            dir: self.dir,
+            _lock: self.lock,
+            state: Mutex::new(State {
+                file,
+                path_first: next_seq,
+                next_seq,
+                written: MAGIC.len() as u64,
+                broken: false,
+                sealed: Vec::new(),
+                frame: Vec::with_capacity(1024),
+            }),
+        })
+    }
+}
+
+/// Calls `record` for each whole record of a segment, in order; `Err` says
+/// why reading stopped early.
+fn read_segment(
+    data: &[u8],
+    mut record: impl FnMut(u64, &[u8]) -> Result<(), String>,
+) -> Result<(), String> {
+    let Some(mut rest) = data.strip_prefix(&MAGIC[..]) else {
+        return if data.is_empty() {
+            Ok(())
+        } else {
+            Err("not a spool segment".into())
+        };
+    };
+    while !rest.is_empty() {
+        if rest.len() < RECORD_HEADER {
+            return Err(format!("a torn record header ({} bytes)", rest.len()));
+        }
+        let (header, tail) = rest.split_at(RECORD_HEADER);
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let seq_bytes = &header[4..12];
+        let crc = u32::from_le_bytes([header[12], header[13], header[14], header[15]]);
+        if len > MAX_BODY || len > tail.len() {
+            return Err(format!("a torn record ({len} bytes announced)"));
+        }
+        let (body, after) = tail.split_at(len);
+        if checksum(seq_bytes, body) != crc {
+            return Err("a record with a bad checksum".into());
+        }
+        let mut seq = [0u8; 8];
+        seq.copy_from_slice(seq_bytes);
+        record(u64::from_le_bytes(seq), body)?;
+        rest = after;
+    }
+    Ok(())
+}
+
+fn checksum(seq: &[u8], body: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(seq);
+    h.update(body);
+    h.finalize()
+}
+
+fn new_segment(dir: &Path, first_seq: u64) -> io::Result<File> {
+    let mut file = OpenOptions::new()
+        .create_new(true)
+        .append(true)
+        .mode(0o600)
+        .open(dir.join(format!("{first_seq:020}.seg")))?;
+    file.write_all(MAGIC)?;
+    Ok(file)
+}
+
+/// A spooled event's sequence number, with the spool's lock still held.
+pub struct Appended<'a> {
+    pub seq: u64,
+    _held: MutexGuard<'a, State>,
+}
+
+/// The spool of a running pgward.
+pub struct Spool {
+    dir: PathBuf,
+    _lock: Flock<File>,
+    state: Mutex<State>,
+}
+
+struct State {
+    file: File,
+    /// The first sequence number of `file` (its name).
+    path_first: u64,
+    next_seq: u64,
+    written: u64,
+    /// A write failed part-way: the next record starts a new segment.
+    broken: bool,
+    /// Sealed segments: (first sequence number, last sequence number).
+    sealed: Vec<(u64, u64)>,
+    frame: Vec<u8>,
+}
+
+impl Spool {
+    /// Writes one event body. The answer holds the spool's lock: queue the
+    /// event for the writer before dropping it, so the writer receives
+    /// spooled events in sequence order. `Err` when the write failed; the
+    /// caller then waits for the commit instead.
+    ///
+    /// Runs on the session's task: one `write(2)` to the page cache, a few
+    /// microseconds, is cheaper than a hop to a blocking thread.
+    pub fn append(&self, body: &[u8]) -> io::Result<Appended<'_>> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if st.broken || st.written >= SEGMENT_BYTES {
+            self.seal(&mut st)?;
+        }
+        let seq = st.next_seq;
+        let seq_bytes = seq.to_le_bytes();
+        let len = u32::try_from(body.len())
+            .ok()
+            .filter(|&n| n as usize <= MAX_BODY)
+            .ok_or_else(|| io::Error::other("audit event too large for the spool"))?;
+        let crc = checksum(&seq_bytes, body);
+        let State {
+            file,
+            frame,
+            next_seq,
+            broken,
+            ..
+        } = &mut *st;
+        frame.clear();
+        frame.extend_from_slice(&len.to_le_bytes());
+        frame.extend_from_slice(&seq_bytes);
+        frame.extend_from_slice(&crc.to_le_bytes());
+        frame.extend_from_slice(body);
+        // A number is used once even if its write fails part-way.
+        *next_seq += 1;
+        if let Err(e) = file.write_all(frame) {
+            *broken = true;
+            return Err(e);
+        }
+        let framed = frame.len() as u64;
+        st.written += framed;
+        Ok(Appended { seq, _held: st })
+    }
+
+    /// Starts a new segment; the current one is kept until stored.
+    fn seal(&self, st: &mut State) -> io::Result<()> {
+        let file = new_segment(&self.dir, st.next_seq)?;
+        let old = std::mem::replace(&mut st.file, file);
+        drop(old);
+        st.sealed.push((st.path_first, st.next_seq - 1));
+        st.path_first = st.next_seq;
+        st.written = MAGIC.len() as u64;
+        st.broken = false;
+        Ok(())
+    }
+
+    /// The store holds every spooled event through `mark`: sealed segments
+    /// that end at or before it are removed.
+    pub fn stored_through(&self, mark: u64) {
+        let done: Vec<u64> = {
+            let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let (done, keep) = st.sealed.iter().partition(|&&(_, last)| last <= mark);
+            st.sealed = keep;
+            done.into_iter().map(|(first, _)| first).collect()
+        };
+        for first in done {
+            let path = self.dir.join(format!("{first:020}.seg"));
+            if let Err(e) = fs::remove_file(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove a stored spool segment");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::event::Kind;
+
+    fn event(text: &str) -> Vec<u8> {
+        let mut e = Event::new(Kind::Statement, "test");
+        e.text = Some(text.into());
+        e.encode()
+    }
+
+    fn texts(r: &Recovery) -> Vec<String> {
+        r.events.iter().filter_map(|e| e.text.clone()).collect()
+    }
+
+    #[test]
+    fn spooled_events_above_the_mark_come_back_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Recovery::open(dir.path(), 0).unwrap().into_spool().unwrap();
+        let mut seqs = Vec::new();
+        for i in 0..5 {
+            seqs.push(spool.append(&event(&format!("s{i}"))).unwrap().seq);
+        }
+        assert_eq!(seqs, [1, 2, 3, 4, 5]);
+        drop(spool);
+        // The store holds the first two.
+        let r = Recovery::open(dir.path(), 2).unwrap();
+        assert_eq!(texts(&r), ["s2", "s3", "s4"]);
+        assert_eq!(r.last_seq, 5);
+        assert!(r.damaged.is_empty());
+        // Numbering goes on after everything seen; old segments go.
+        let spool = r.into_spool().unwrap();
+        assert_eq!(spool.append(&event("next")).unwrap().seq, 6);
+        drop(spool);
+        let r = Recovery::open(dir.path(), 5).unwrap();
+        assert_eq!(texts(&r), ["next"]);
+    }
+
+    #[test]
+    fn a_torn_tail_ends_the_segment_and_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Recovery::open(dir.path(), 0).unwrap().into_spool().unwrap();
+        spool.append(&event("whole")).unwrap();
+        spool.append(&event("torn")).unwrap();
+        drop(spool);
+        let seg = dir.path().join(format!("{:020}.seg", 1));
+        let len = fs::metadata(&seg).unwrap().len();
+        let f = OpenOptions::new().write(true).open(&seg).unwrap();
+        f.set_len(len - 3).unwrap();
+        let r = Recovery::open(dir.path(), 0).unwrap();
+        assert_eq!(texts(&r), ["whole"]);
+        assert_eq!(r.damaged.len(), 1, "{:?}", r.damaged);
+        assert!(r.damaged[0].contains("torn"), "{:?}", r.damaged);
+    }
+
+    #[test]
+    fn a_flipped_byte_is_caught_by_the_checksum() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Recovery::open(dir.path(), 0).unwrap().into_spool().unwrap();
+        spool.append(&event("first")).unwrap();
+        spool.append(&event("second")).unwrap();
+        drop(spool);
+        let seg = dir.path().join(format!("{:020}.seg", 1));
+        let mut data = fs::read(&seg).unwrap();
+        let at = data.len() - 5;
+        data[at] ^= 0x20;
+        fs::write(&seg, data).unwrap();
+        let r = Recovery::open(dir.path(), 0).unwrap();
+        assert_eq!(texts(&r), ["first"]);
+        assert!(r.damaged[0].contains("checksum"), "{:?}", r.damaged);
+    }
+
+    #[test]
+    fn segments_are_sealed_and_removed_once_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Recovery::open(dir.path(), 0).unwrap().into_spool().unwrap();
+        let big = event(&"x".repeat(1 << 20));
+        let mut last = 0;
+        for _ in 0..20 {
+            last = spool.append(&big).unwrap().seq;
+        }
+        let count = || {
+            fs::read_dir(dir.path())
+                .unwrap()
+                .filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .path()
+                        .extension()
+                        .is_some_and(|x| x == "seg")
+                })
+                .count()
+        };
+        assert_eq!(count(), 3, "20 MiB in 8 MiB segments");
+        spool.stored_through(7);
+        assert_eq!(count(), 3, "the first segment holds 1..=8");
+        spool.stored_through(8);
+        assert_eq!(count(), 2);
+        spool.stored_through(last);
+        assert_eq!(count(), 1, "only the open segment is left");
+        drop(spool);
+        let r = Recovery::open(dir.path(), last).unwrap();
+        assert!(r.events.is_empty());
+        assert_eq!(r.last_seq, last);
+    }
+
+    #[test]
+    fn one_pgward_per_spool() {
+        let dir = tempfile::tempdir().unwrap();
+        let _spool = Recovery::open(dir.path(), 0).unwrap().into_spool().unwrap();
+        let err = Recovery::open(dir.path(), 0).err().expect("locked");
+        assert!(err.to_string().contains("in use"), "{err}");
+    }
+
+    #[test]
+    fn the_spool_sits_next_to_the_store() {
+        assert_eq!(
+            dir_for(Path::new("/var/lib/pgward/audit.db")),
+            Path::new("/var/lib/pgward/audit.db.spool")
+        );
+    }
+}
