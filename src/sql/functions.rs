@@ -539,9 +539,20 @@ const SYNTAX: &[&str] = &[
     "treat",
 ];
 
+/// Built-in functions in `information_schema` open to every restricted
+/// role: `_pg_expandarray` unnests an array with subscripts (pure SQL over
+/// `generate_series`); pgjdbc's `DatabaseMetaData.getPrimaryKeys` and
+/// `getIndexInfo` call it on `pg_index.indkey`.
+const SAFE_INFORMATION_SCHEMA: &[&str] = &["_pg_expandarray"];
+
 /// Whether a built-in may be called by every restricted role.
 pub fn is_safe_builtin(name: &str) -> bool {
     SAFE.contains(&name)
+}
+
+/// Whether `information_schema.<name>` may be called by every restricted role.
+pub fn is_safe_information_schema(name: &str) -> bool {
+    SAFE_INFORMATION_SCHEMA.contains(&name)
 }
 
 /// Whether a name is grammar rather than a callable function.

@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 
 use sqlparser::ast::{
-    CopySource, CopyTarget, DeclareType, DescribeAlias, Expr, Reset, Set, Statement, Value,
+    CopySource, CopyTarget, DeclareType, DescribeAlias, Expr, Ident, Reset, Set, Statement, Value,
 };
 
 use super::enforcer::Enforcer;
@@ -34,8 +34,8 @@ impl Enforcer {
     pub fn rewrite(&self, sql: &str) -> Result<Rewritten, Refusal> {
         let (statements, is_move) = match parse(sql) {
             Ok(s) => (s, false),
-            Err(e) => match move_as_fetch(sql) {
-                Some(s) => (s, true),
+            Err(e) => match cursor_statement(sql) {
+                Some(parsed) => parsed,
                 None => return Err(self.unparsable(sql, &e)),
             },
         };
@@ -178,13 +178,19 @@ impl Enforcer {
                     CopySource::Table { .. } => Err(self.refuse("this COPY source")),
                 }
             }
-            Statement::Set(set) => self.check_set(set),
+            Statement::Set(set) => {
+                if keep_application_name(set) {
+                    Ok(())
+                } else {
+                    self.check_set(set)
+                }
+            }
             Statement::Reset(r) => match &r.reset {
                 // Startup values, which pgward chose, are what RESET restores.
                 Reset::ALL => Ok(()),
                 Reset::ConfigurationParameter(name) => {
                     let name = name.to_string().to_ascii_lowercase();
-                    if settings::is_safe(&name) {
+                    if settings::is_safe(&name) || name == "application_name" {
                         Ok(())
                     } else {
                         Err(self.refuse(&format!("RESET {name}")))
@@ -344,18 +350,43 @@ impl Enforcer {
     }
 }
 
-/// `MOVE` is `FETCH` without rows; sqlparser knows only the latter.
-fn move_as_fetch(sql: &str) -> Option<Vec<Statement>> {
+/// `MOVE` and `FETCH` that sqlparser cannot parse as they are, parsed as
+/// a `FETCH`, and whether it was a `MOVE`. `MOVE` is `FETCH` without rows;
+/// sqlparser knows only the latter. Both may leave out the `FROM`/`IN`
+/// before the cursor name, which sqlparser requires (asyncpg's
+/// `Cursor.forward()` sends `MOVE FORWARD n portal`): it is put back. The
+/// database gets the statement printed from what was parsed, so it reads
+/// what pgward analyzed.
+fn cursor_statement(sql: &str) -> Option<(Vec<Statement>, bool)> {
     let trimmed = sql.trim_start();
-    let head = trimmed.get(..4)?;
-    if !head.eq_ignore_ascii_case("move") {
+    let (is_move, rest) = if trimmed.get(..4)?.eq_ignore_ascii_case("move") {
+        (true, &trimmed[4..])
+    } else if trimmed.get(..5)?.eq_ignore_ascii_case("fetch") {
+        (false, &trimmed[5..])
+    } else {
         return None;
+    };
+    let fetch = |text: &str| {
+        let statements = parse(&format!("FETCH{text}")).ok()?;
+        match statements.as_slice() {
+            [Statement::Fetch { into: None, .. }] => Some(statements),
+            _ => None,
+        }
+    };
+    if is_move {
+        if let Some(statements) = fetch(rest) {
+            return Some((statements, true));
+        }
     }
-    let statements = parse(&format!("FETCH{}", &trimmed[4..])).ok()?;
-    match statements.as_slice() {
-        [Statement::Fetch { into: None, .. }] => Some(statements),
-        _ => None,
-    }
+    // Without FROM or IN the cursor name is the last word; without a
+    // direction it is NEXT.
+    let (before, name) = rest.trim_end().rsplit_once(char::is_whitespace)?;
+    let before = if before.trim().is_empty() {
+        " NEXT"
+    } else {
+        before
+    };
+    fetch(&format!("{before} FROM {name}")).map(|s| (s, is_move))
 }
 
 /// The first keywords of a statement, for messages and the audit trail.
@@ -385,5 +416,29 @@ fn kind(s: &Statement) -> String {
             out
         }
         _ => first,
+    }
+}
+
+/// `SET application_name = …` becomes `SET application_name = DEFAULT`;
+/// returns whether it was one.
+///
+/// pgward tags the session's `application_name` with the person at startup
+/// (`pgward:ann/psql`) so the database's logs and `pg_stat_activity` say who
+/// it was; a restricted role must not replace the tag. Refusing the SET is
+/// no answer either: pgjdbc runs `SET application_name = 'PostgreSQL JDBC
+/// Driver'` while connecting (unless `assumeMinServerVersion` is 9.0 or
+/// later), so every JDBC login would fail. DEFAULT restores the tag.
+fn keep_application_name(set: &mut Set) -> bool {
+    match set {
+        Set::SingleAssignment {
+            variable, values, ..
+        } if variable
+            .to_string()
+            .eq_ignore_ascii_case("application_name") =>
+        {
+            *values = vec![Expr::Identifier(Ident::new("DEFAULT"))];
+            true
+        }
+        _ => false,
     }
 }

@@ -174,6 +174,41 @@ fn functions_are_allowlisted_and_qualified() {
 }
 
 #[test]
+fn set_config_of_a_setting_the_role_may_set_is_allowed_and_qualified() {
+    // asyncpg, before and after its type introspection query.
+    let out = ok("SELECT current_setting('jit') AS cur, set_config('jit', 'off', false) AS new");
+    assert!(
+        out.contains(r#""pg_catalog"."set_config"('jit', 'off', false)"#),
+        "{out}"
+    );
+    let out = ok("SELECT pg_catalog.set_config('jit', $1, false)");
+    assert!(
+        out.contains(r#""pg_catalog"."set_config"('jit', $1, false)"#),
+        "{out}"
+    );
+    assert!(ok("SELECT set_config('DateStyle', 'ISO', true)").contains("set_config"));
+    // Its value is an expression like any other: checked and rewritten.
+    assert!(
+        refused("SELECT set_config('jit', pg_read_file('x'), false)")
+            .contains("function pg_read_file()")
+    );
+    for sql in [
+        "SELECT set_config('search_path', 'evil', false)",
+        "SELECT set_config('session_authorization', 'postgres', false)",
+        "SELECT set_config('client_encoding', 'SJIS', false)",
+        "SELECT set_config('application_name', 'x', false)",
+        "SELECT set_config($1, 'off', false)",
+        "SELECT set_config('ji' || 't', 'off', false)",
+        "SELECT set_config(E'jit', 'off', false)",
+        "SELECT set_config('jit', 'off')",
+        "SELECT public.set_config('jit', 'off', false)",
+    ] {
+        let message = refused(sql);
+        assert!(message.contains("set_config()"), "{sql}: {message}");
+    }
+}
+
+#[test]
 fn relations_outside_the_policy_are_refused_by_name() {
     for (sql, name) in [
         ("SELECT * FROM secrets", "secrets"),
@@ -293,6 +328,55 @@ fn safe_session_statements_pass_unchanged() {
     }
     assert_eq!(ok("MOVE NEXT IN c"), "MOVE NEXT IN c");
     assert_eq!(ok("move forward 5 from c"), "MOVE FORWARD 5 FROM c");
+    // FROM / IN may be left out (asyncpg's Cursor.forward()).
+    assert_eq!(
+        ok("MOVE FORWARD 5 __asyncpg_portal_1__"),
+        "MOVE FORWARD 5 FROM __asyncpg_portal_1__"
+    );
+    assert_eq!(ok("MOVE c"), "MOVE NEXT FROM c");
+    assert_eq!(ok("FETCH 10 c"), "FETCH 10 FROM c");
+    assert_eq!(
+        ok("fetch backward all \"MyCursor\""),
+        r#"FETCH BACKWARD ALL FROM "MyCursor""#
+    );
+    assert!(refused("MOVE FORWARD 5 c; SELECT 1").contains("could not analyze"));
+    assert!(refused("FETCH 5 FROM FROM c").contains("could not analyze"));
+}
+
+#[test]
+fn application_name_keeps_pgwards_tag() {
+    // pgjdbc sends this while connecting; refusing it would fail the login.
+    assert_eq!(
+        ok("SET application_name = 'PostgreSQL JDBC Driver'"),
+        "SET application_name = DEFAULT"
+    );
+    assert_eq!(
+        ok("set local Application_Name to 'pgward:bob'"),
+        "SET LOCAL Application_Name = DEFAULT"
+    );
+    assert_eq!(ok("RESET application_name"), "RESET application_name");
+    assert!(refused("SET application_name = 'x'; SET search_path = evil").contains("search_path"));
+}
+
+#[test]
+fn pgjdbc_primary_key_metadata_is_allowed() {
+    // DatabaseMetaData.getPrimaryKeys (pgjdbc 42.5), trimmed.
+    let out = ok(
+        "SELECT ct.relname, a.attname, (information_schema._pg_expandarray(i.indkey)).n \
+         FROM pg_catalog.pg_class ct JOIN pg_catalog.pg_attribute a ON ct.oid = a.attrelid \
+         JOIN (SELECT i.indexrelid, i.indrelid, i.indisprimary, \
+               information_schema._pg_expandarray(i.indkey) AS keys FROM pg_catalog.pg_index i) i \
+           ON a.attnum = (i.keys).x AND a.attrelid = i.indrelid \
+         WHERE ct.relname = E'patients' AND i.indisprimary",
+    );
+    assert!(
+        out.contains("information_schema._pg_expandarray(i.indkey)"),
+        "{out}"
+    );
+    assert!(refused(
+        "SELECT information_schema._pg_truetypid(a, t) FROM pg_attribute a, pg_type t"
+    )
+    .contains("information_schema._pg_truetypid"));
 }
 
 #[test]

@@ -13,14 +13,16 @@ use std::ops::ControlFlow;
 use std::sync::LazyLock;
 
 use sqlparser::ast::{
-    BinaryOperator, Expr, Function, FunctionArguments, Ident, ObjectName, ObjectNamePart, Query,
-    Select, SelectFlavor, SetExpr, Statement, TableAlias, TableFactor, VisitMut, VisitorMut,
+    BinaryOperator, Expr, Function, FunctionArg, FunctionArgExpr, FunctionArguments, Ident,
+    ObjectName, ObjectNamePart, Query, Select, SelectFlavor, SetExpr, Statement, TableAlias,
+    TableFactor, Value, VisitMut, VisitorMut,
 };
 
 use super::catalog;
 use super::enforcer::Enforcer;
 use super::functions;
 use super::parse::parse;
+use super::settings;
 use super::Refusal;
 use crate::policy::TableName;
 
@@ -67,6 +69,40 @@ fn name_parts(name: &ObjectName) -> Option<Vec<String>> {
 
 fn quoted(name: &str) -> Ident {
     Ident::with_quote('"', name)
+}
+
+/// `set_config('name', value, is_local)` whose setting is named by a
+/// literal and is one a restricted role may also `SET`: the same change,
+/// spelt as a function. asyncpg turns `jit` off this way around the
+/// catalog query it sends to learn an enum or composite type; refusing it
+/// would leave such columns unreadable. Any other setting, or a name the
+/// analyzer cannot read, is left to the allowlist (which refuses it).
+fn is_safe_set_config(f: &Function) -> bool {
+    let named = matches!(
+        name_parts(&f.name).as_deref(),
+        Some([n]) if n == "set_config"
+    ) || matches!(
+        name_parts(&f.name).as_deref(),
+        Some([s, n]) if s == "pg_catalog" && n == "set_config"
+    );
+    let FunctionArguments::List(list) = &f.args else {
+        return false;
+    };
+    let plain = list.duplicate_treatment.is_none()
+        && list.clauses.is_empty()
+        && list.args.len() == 3
+        && f.filter.is_none()
+        && f.over.is_none()
+        && f.within_group.is_empty()
+        && f.null_treatment.is_none();
+    let setting = match list.args.first() {
+        Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Value(v)))) => match &v.value {
+            Value::SingleQuotedString(name) => Some(name.to_ascii_lowercase()),
+            _ => None,
+        },
+        _ => None,
+    };
+    named && plain && setting.is_some_and(|s| settings::is_safe(&s))
 }
 
 static PLACEHOLDER: LazyLock<Query> = LazyLock::new(|| match parse("SELECT 1") {
@@ -260,6 +296,10 @@ impl Walker<'_> {
             return Err(self.enf.refuse("this function call syntax"));
         }
         let keyword_form = matches!(f.args, FunctionArguments::None);
+        if is_safe_set_config(f) {
+            f.name = ObjectName::from(vec![quoted("pg_catalog"), quoted("set_config")]);
+            return Ok(());
+        }
         self.check_function_name(&mut f.name, keyword_form)
     }
 
@@ -298,7 +338,9 @@ impl Walker<'_> {
                 Err(enf.function_refused(name))
             }
             [schema, name] => {
-                let builtin = schema == "pg_catalog" && functions::is_safe_builtin(name);
+                let builtin = (schema == "pg_catalog" && functions::is_safe_builtin(name))
+                    || (schema == "information_schema"
+                        && functions::is_safe_information_schema(name));
                 if builtin || enf.functions.contains(&(schema.clone(), name.clone())) {
                     Ok(())
                 } else {
