@@ -673,5 +673,22 @@ fn sqlalchemy_reflection_equals_direct_and_works_masked() {
         assert_eq!(r[2], "***@example.org", "{r}");
     }
     assert_eq!(ann.step("custom_types"), direct.step("custom_types"));
+
+    // A write that changes nothing runs for alice; the analyst gets an
+    // ordinary DBAPI error with 42501 and her connection goes on.
+    assert_eq!(
+        alice.step("refusal"),
+        &serde_json::json!({"step": "refusal", "refused": false, "rows": 0})
+    );
+    let refusal = ann.step("refusal");
+    assert_eq!(refusal["refused"], true, "{refusal}");
+    assert_eq!(refusal["error"], "ProgrammingError", "{refusal}");
+    assert_eq!(refusal["sqlstate"], "42501", "{refusal}");
+    assert_eq!(refusal["pgward"], true, "{refusal}");
+    assert_eq!(
+        ann.step("after_refusal")["patients"],
+        serde_json::json!(raw.clinic1(1, 1000).len()),
+        "the connection goes on, clinic 1 only"
+    );
     assert_eq!(ann.steps(), direct.steps());
 }

@@ -1,7 +1,8 @@
 """SQLAlchemy (psycopg 3 dialect) against the `compat` database: reflection
 with `inspect(engine)` — tables, columns, keys, foreign keys, indexes,
 constraints, views and their definitions, enums — then `MetaData.reflect`
-and ordinary Core queries on the reflected tables.
+and ordinary Core queries on the reflected tables, and a write the
+masked role is refused (42501) after which its connection goes on.
 
 Only the fixture's own objects are reflected (other tests create and drop
 tables of their own in the same database while this runs). Connects with
@@ -11,6 +12,7 @@ import warnings
 
 from sqlalchemy import MetaData, create_engine, func, inspect, select, text
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
 
 from common import emit, endpoint
 
@@ -89,12 +91,34 @@ def query(eng):
         emit("custom_types", rows=[tuple(r) for r in rows])
 
 
+def refusal(eng):
+    """A write that changes nothing: allowed for an unrestricted person,
+    refused (42501) for a read-only role, whose connection then goes on."""
+    meta = MetaData()
+    meta.reflect(eng, only=["patients"])
+    patients = meta.tables["patients"]
+    with eng.connect() as conn:
+        try:
+            res = conn.execute(patients.update().values(phone=patients.c.phone)
+                               .where(patients.c.id == -1))
+            emit("refusal", refused=False, rows=res.rowcount)
+            conn.rollback()
+        except DBAPIError as e:
+            emit("refusal", refused=True, error=type(e).__name__,
+                 sqlstate=getattr(e.orig, "sqlstate", None),
+                 pgward=str(e.orig).startswith("pgward:"))
+            conn.rollback()
+        n = conn.execute(select(func.count()).select_from(patients)).scalar_one()
+        emit("after_refusal", patients=n)
+
+
 def main():
     warnings.simplefilter("ignore")  # "Did not recognize type 'address'"
     eng = engine()
     try:
         reflect(eng)
         query(eng)
+        refusal(eng)
     finally:
         eng.dispose()
     emit("done")
