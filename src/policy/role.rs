@@ -110,6 +110,12 @@ pub struct Role {
     /// (`schema.function`).
     #[serde(default)]
     pub functions: Vec<String>,
+    /// Notification channels a restricted role may LISTEN on: names as
+    /// PostgreSQL spells them (lowercase unless quoted), or a prefix ending
+    /// in `*`. None by default: NOTIFY payloads come from other sessions
+    /// and are not masked.
+    #[serde(default)]
+    pub listen: Vec<String>,
     /// Schemas unqualified table names resolve in, for restricted roles.
     /// pgward pins the session's `search_path` to this list.
     #[serde(default = "default_search_path")]

@@ -58,6 +58,8 @@ pub struct Enforcer {
     pub(crate) catalog: HashSet<String>,
     /// Extra functions the role lists, as (schema, name).
     pub(crate) functions: HashSet<(String, String)>,
+    /// Channels (or `prefix*`) the role may LISTEN on.
+    pub(crate) listen: Vec<String>,
     pub(crate) schema_version: u64,
 }
 
@@ -98,12 +100,23 @@ impl Enforcer {
             tables,
             catalog: schema.catalog.clone(),
             functions,
+            listen: role.listen.clone(),
             schema_version: schema.version,
         }
     }
 
     pub fn role(&self) -> &str {
         &self.role
+    }
+
+    /// Whether the role's policy lists `channel` (as PostgreSQL names it).
+    pub(crate) fn may_listen(&self, channel: &str) -> bool {
+        self.listen
+            .iter()
+            .any(|allowed| match allowed.strip_suffix('*') {
+                Some(prefix) => channel.starts_with(prefix),
+                None => channel == allowed,
+            })
     }
 
     /// Each listed table's masked subquery as SQL, or why it cannot be

@@ -207,8 +207,23 @@ impl Enforcer {
             | Statement::Deallocate { .. }
             | Statement::Close { .. }
             | Statement::Discard { .. }
-            | Statement::LISTEN { .. }
             | Statement::UNLISTEN { .. } => Ok(()),
+            Statement::LISTEN { channel } => {
+                // PostgreSQL folds an unquoted channel name to lowercase.
+                let name = match channel.quote_style {
+                    Some(_) => channel.value.clone(),
+                    None => channel.value.to_lowercase(),
+                };
+                if self.may_listen(&name) {
+                    Ok(())
+                } else {
+                    Err(self.refuse_with(
+                        &format!("LISTEN {name}"),
+                        "notification payloads come from other sessions and are not masked; \
+                         list the channel under `listen:` in the role's policy to allow it",
+                    ))
+                }
+            }
             Statement::Fetch { into, .. } => {
                 if into.is_some() {
                     Err(self.refuse("FETCH … INTO"))

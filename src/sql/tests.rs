@@ -22,6 +22,7 @@ tables:
     deny_columns: [notes]
     rows: "clinic_id = {{ user.clinic_id }}"
   public.clinics: {}
+listen: [chan, "alerts_*"]
 "#;
 
 fn enforcer() -> Enforcer {
@@ -321,6 +322,8 @@ fn safe_session_statements_pass_unchanged() {
         "CLOSE c",
         "DEALLOCATE q",
         "LISTEN chan",
+        "LISTEN alerts_ward3",
+        "UNLISTEN *",
         "SET client_encoding = 'UTF8'",
         "SET NAMES 'utf-8'",
     ] {
@@ -341,6 +344,18 @@ fn safe_session_statements_pass_unchanged() {
     );
     assert!(refused("MOVE FORWARD 5 c; SELECT 1").contains("could not analyze"));
     assert!(refused("FETCH 5 FROM FROM c").contains("could not analyze"));
+}
+
+#[test]
+fn listen_only_on_channels_the_policy_lists() {
+    assert_eq!(ok("LISTEN CHAN"), "LISTEN CHAN");
+    for sql in ["LISTEN patient_updates", "LISTEN \"Chan\"", "LISTEN alerts"] {
+        let message = refused(sql);
+        assert!(
+            message.contains("LISTEN") && message.contains("listen:"),
+            "{sql}: {message}"
+        );
+    }
 }
 
 #[test]

@@ -37,6 +37,7 @@ roles:
         rows: "clinic_id = {{ user.clinic_id }}"
       public.clinics: {}
       public.kinds: {}
+    listen: ["node_*"]
 "#;
 
 /// Objects beyond the clinic sample: types clients decode specially, a

@@ -334,6 +334,7 @@ fn node_masked_refusals_are_ordinary_errors_and_the_connection_goes_on() {
         "cursor-refused",
         "simple-notify",
         "extended-pg-notify",
+        "listen-unlisted",
     ] {
         let l = line(&t, "refusals", q);
         let error = &l["error"];

@@ -532,6 +532,8 @@ async function refusals(c) {
   )
   await refused(c, 'simple-notify', () => c.query('NOTIFY node_refused'))
   await refused(c, 'extended-pg-notify', () => c.query('SELECT pg_notify($1, $2)', ['node_refused', 'x']))
+  // Only channels the role's policy lists (the fixture lists node_*).
+  await refused(c, 'listen-unlisted', () => c.query('LISTEN patient_updates'))
 
   // Inside a transaction: what the transaction looks like afterwards.
   await c.query('BEGIN')
