@@ -9,9 +9,12 @@
 //! landed in the rewritten SQL.
 //!
 //! This is safe because a placeholder and a plain literal are both single
-//! value tokens: the analyzer's decision for a query never depends on a
-//! literal's value, and the database reads the filled text with the literal
-//! exactly where the analyzer saw a value. The lexer is deliberately narrow
+//! value tokens: a shape the analyzer allows is allowed whatever value
+//! fills each placeholder, and the database reads the filled text with the
+//! literal exactly where the analyzer saw a value. The one decision that
+//! reads a literal — `set_config('jit', …)`, allowed only for a literal
+//! setting name — refuses the shape (`set_config($1, …)`), and a refused
+//! shape falls back to analyzing the text itself. The lexer is deliberately narrow
 //! — anything it is not sure about (comments, `$`, prefixed strings such as
 //! `E'…'`, several statements, statements other than SELECT/WITH/VALUES)
 //! means "no shape", and the text is analyzed as it is.

@@ -209,11 +209,11 @@ impl Enforcer {
             | Statement::Discard { .. }
             | Statement::UNLISTEN { .. } => Ok(()),
             Statement::LISTEN { channel } => {
-                // PostgreSQL folds an unquoted channel name to lowercase.
-                let name = match channel.quote_style {
-                    Some(_) => channel.value.clone(),
-                    None => channel.value.to_lowercase(),
-                };
+                // The channel as PostgreSQL names it: an unquoted name has
+                // its ASCII letters lowercased (not `É`, not the Kelvin sign,
+                // which Unicode lowercasing would turn into `k`), and every
+                // name is cut to 63 bytes.
+                let name = fold(channel);
                 if self.may_listen(&name) {
                     Ok(())
                 } else {

@@ -871,3 +871,54 @@ fn identifiers_are_cut_to_63_bytes_as_postgresql_cuts_them() {
         "b".repeat(62)
     );
 }
+
+#[test]
+fn listen_names_the_channel_as_postgresql_folds_it() {
+    let mut role: Role = serde_yaml::from_str(POLICY).unwrap();
+    role.name = crate::policy::RoleName::parse("analyst").unwrap();
+    let long = "a".repeat(64);
+    role.listen = vec!["kitchen".into(), "café".into(), format!("{long}*")];
+    let schema = Schema::from_spec(&[("public.clinics", &[("id", "integer")])]);
+    let e = Enforcer::new(&role, "clinic", &BTreeMap::new(), &schema, "k3y");
+    assert!(e.rewrite("LISTEN KITCHEN").is_ok());
+    assert!(e.rewrite("LISTEN café").is_ok());
+    // PostgreSQL lowercases ASCII letters only: these are the channels
+    // "\u{212A}itchen" (Kelvin sign) and "cafÉ", which the policy does not list.
+    for sql in ["LISTEN \u{212A}itchen", "LISTEN CAFÉ"] {
+        let message = e.rewrite(sql).expect_err(sql).message;
+        assert!(message.contains("listen:"), "{sql}: {message}");
+    }
+    // Cut to 63 bytes, the channel is 63 a's: not under the 64-byte prefix.
+    let sql = format!("LISTEN {long}x");
+    assert!(e.rewrite(&sql).is_err(), "{sql}");
+}
+
+#[test]
+fn set_config_values_are_walked_and_odd_names_refused() {
+    assert!(patients_subquery(&ok(
+        "SELECT set_config('jit', (SELECT ssn FROM patients LIMIT 1), false)"
+    )));
+    for sql in [
+        "SELECT set_config('jit', (SELECT v FROM secrets), false)",
+        "SELECT set_config('jit', 'off', (SELECT v FROM secrets) IS NULL)",
+        "EXECUTE q(set_config('jit', (SELECT v FROM secrets), false))",
+    ] {
+        assert!(refused(sql).contains("secrets"), "{sql}");
+    }
+    for sql in [
+        "SELECT set_config('jit ', 'off', false)",
+        "SELECT set_config(U&'jit', 'off', false)",
+        "SELECT set_config($$jit$$, 'off', false)",
+        "SELECT set_config(setting_name => 'jit', new_value => 'x', is_local => false)",
+        "SELECT * FROM set_config('jit', 'off', false)",
+        "SELECT set_config('jit', 'off', false) OVER ()",
+        "SELECT set_config('standard_conforming_strings', 'off', false)",
+        "SELECT set_config('role', 'postgres', false)",
+        "SELECT set_config('pgward.x', 'y', false)",
+    ] {
+        assert!(refused(sql).contains("set_config()"), "{sql}");
+    }
+    assert!(
+        refused("SELECT set_config('search_'\n'path', 'x', false)").contains("could not analyze")
+    );
+}
