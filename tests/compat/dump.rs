@@ -17,7 +17,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::fixture::{direct, run, run_ok, Compat, Endpoint};
+use std::sync::OnceLock;
+
+use crate::fixture::{direct, run, run_ok, sample_db, Compat, Endpoint};
 use crate::harness::db;
 use crate::psql::{psql_out, text};
 
@@ -36,19 +38,29 @@ fn pg_dump(ep: &Endpoint, args: &[&str]) -> String {
     run_ok(cmd, ep, LIMIT)
 }
 
-/// Dumps `compat` through pgward (as alice) and directly with `dump`; the
-/// results must be identical. Other tests of this binary create tables in
-/// `compat` meanwhile, so the direct dump is taken before and after, and
-/// only a run in which the database did not change counts.
+/// A copy of `compat` that only the dump tests read: other tests of this
+/// binary add tables to `compat` while they run.
+const DUMPED: &str = "compat_dumped";
+
+fn dumped() -> &'static str {
+    static READY: OnceLock<()> = OnceLock::new();
+    READY.get_or_init(|| sample_db(DUMPED));
+    DUMPED
+}
+
+/// Dumps [`DUMPED`] through pgward (as alice) and directly with `dump`;
+/// the results must be identical. The direct dump is taken before and
+/// after, and only a run in which the database did not change counts.
 fn dump_matches_direct<T: PartialEq + std::fmt::Debug>(
     c: &Compat,
     what: &str,
     dump: impl Fn(&Endpoint) -> T,
 ) -> T {
+    let name = dumped();
     for _ in 0..6 {
-        let before = dump(&direct());
-        let via = dump(&c.unrestricted());
-        let after = dump(&direct());
+        let before = dump(&direct().on(name));
+        let via = dump(&c.unrestricted().on(name));
+        let after = dump(&direct().on(name));
         if before == after {
             if via != before {
                 let (a, b) = (format!("{via:?}"), format!("{before:?}"));
@@ -104,7 +116,7 @@ fn plain_dump_equals_direct_and_restores_through_pgward() {
             "SELECT count(*), sum(hashtext(p::text)) FROM patients p"
         ),
         db().sql(
-            "compat",
+            DUMPED,
             "SELECT count(*), sum(hashtext(p::text)) FROM patients p"
         )
     );
@@ -142,7 +154,7 @@ fn custom_format_dump_equals_direct_and_pg_restore_works_through_pgward() {
     assert!(toc.contains("TABLE DATA public patients"), "{toc}");
     // `archive` leaves the last (direct) dump in `file`; restore the one
     // taken through pgward, with pg_restore through pgward.
-    archive(&c.unrestricted(), &file);
+    archive(&c.unrestricted().on(DUMPED), &file);
     create_db("compat_restore_fc");
     let target = c.unrestricted().on("compat_restore_fc");
     let mut cmd = Command::new("pg_restore");
@@ -219,4 +231,48 @@ fn pgbench_initialises_and_runs_in_every_protocol() {
         db().sql("compat_bench", "SELECT count(*) FROM pgbench_history"),
         "1200"
     );
+}
+
+#[test]
+fn pgbench_select_only_runs_as_the_masked_role_and_init_is_refused() {
+    let c = Compat::start();
+    create_db("compat_bench_ann");
+    let mut init = Command::new("pgbench");
+    init.args(["-i", "-s", "1", "-q"]);
+    run_ok(init, &direct().on("compat_bench_ann"), LIMIT);
+    db().sql(
+        "compat_bench_ann",
+        "GRANT SELECT ON ALL TABLES IN SCHEMA public TO trust_user",
+    );
+    let ann = c.masked().on("compat_bench_ann");
+    // The analyst may read (a masked, filtered pgbench_accounts), not write.
+    let mut init = Command::new("pgbench");
+    init.args(["-i", "-s", "1", "-q"]);
+    let out = run(&mut init, &ann, LIMIT);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "pgbench -i as the analyst: {err}");
+    assert!(
+        err.contains("pgward: ") && err.contains("not allowed for role \"analyst\""),
+        "{err}"
+    );
+    assert_eq!(
+        db().sql("compat_bench_ann", "SELECT count(*) FROM pgbench_accounts"),
+        "100000",
+        "nothing dropped"
+    );
+    for protocol in ["simple", "extended", "prepared"] {
+        let mut cmd = Command::new("pgbench");
+        cmd.args([
+            "-n", "-S", "-c", "2", "-j", "2", "-t", "200", "-M", protocol,
+        ]);
+        let out = run_ok(cmd, &ann, LIMIT);
+        assert!(
+            out.contains("number of transactions actually processed: 400/400"),
+            "{protocol}: {out}"
+        );
+        assert!(
+            out.contains("number of failed transactions: 0"),
+            "{protocol}: {out}"
+        );
+    }
 }

@@ -22,7 +22,7 @@ pub const POLICY: &str = r#"
 roles:
   analyst:
     upstream: { user: trust_user }
-    databases: [compat]
+    databases: [compat, compat_bench_ann]
     statements: [read]
     tables:
       public.patients:
@@ -37,6 +37,13 @@ roles:
         rows: "clinic_id = {{ user.clinic_id }}"
       public.clinics: {}
       public.kinds: {}
+      public.pgbench_accounts:
+        columns:
+          filler: { mask: redact }
+        rows: "bid <= {{ user.clinic_id }}"
+      public.pgbench_branches: {}
+      public.pgbench_tellers: {}
+      public.pgbench_history: {}
     listen: ["node_*"]
 "#;
 
@@ -87,15 +94,19 @@ ANALYZE;
 /// Creates the `compat` database once per test run.
 pub fn compat_db() {
     static READY: OnceLock<()> = OnceLock::new();
-    READY.get_or_init(|| {
-        db().sql("postgres", &format!("CREATE DATABASE {DATABASE}"));
-        let clinic = std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/clinic.sql"),
-        )
-        .expect("clinic.sql");
-        psql_ok(&db().conninfo(DATABASE), &clinic);
-        psql_ok(&db().conninfo(DATABASE), EXTRA);
-    });
+    READY.get_or_init(|| sample_db(DATABASE));
+}
+
+/// Creates database `name` with the same objects and rows as `compat`,
+/// for a test that needs them to stay still while others add tables to
+/// `compat` (a dump compared with a dump).
+pub fn sample_db(name: &str) {
+    db().sql("postgres", &format!("CREATE DATABASE {name}"));
+    let clinic =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/clinic.sql"))
+            .expect("clinic.sql");
+    psql_ok(&db().conninfo(name), &clinic);
+    psql_ok(&db().conninfo(name), EXTRA);
 }
 
 /// Where a client connects, as libpq's variables say it.
