@@ -427,13 +427,7 @@ fn write_loop(
             next = rx.try_recv().ok();
         }
         if !events.is_empty() {
-            for e in events.iter_mut() {
-                enrich(e, &mut relations);
-            }
-            if alerter.is_active() {
-                let raised = raise_alerts(&mut alerter, &mut events);
-                counters.alerts.fetch_add(raised, Ordering::Relaxed);
-            }
+            complete(&mut events, &mut relations, &mut alerter, &counters);
             store_batch(&mut store, &mut events, mark, &failing, &counters);
             reserved.fetch_sub(taken, Ordering::AcqRel);
             if let Some(mark) = mark {
@@ -474,15 +468,7 @@ fn recover(
     let mut events = std::mem::take(&mut recovery.events);
     if !events.is_empty() || !recovery.damaged.is_empty() {
         let n = events.len();
-        let mut relations = Relations::default();
-        for e in events.iter_mut() {
-            enrich(e, &mut relations);
-        }
-        if alerter.is_active() {
-            counters
-                .alerts
-                .fetch_add(raise_alerts(alerter, &mut events), Ordering::Relaxed);
-        }
+        complete(&mut events, &mut Relations::default(), alerter, counters);
         let mut detail = format!(
             "{n} events recovered from the spool after an unclean stop (through spool sequence {})",
             recovery.last_seq
@@ -504,6 +490,23 @@ fn recover(
             .fetch_add(events.len() as u64, Ordering::Relaxed);
     }
     Ok(recovery.into_spool()?)
+}
+
+/// What the writer adds to a batch before storing it: fingerprints and
+/// relations, then the alerts the rules raise, each after its cause.
+fn complete(
+    events: &mut Vec<Event>,
+    relations: &mut Relations,
+    alerter: &mut Alerter,
+    counters: &Counters,
+) {
+    for e in events.iter_mut() {
+        enrich(e, relations);
+    }
+    if alerter.is_active() {
+        let raised = raise_alerts(alerter, events);
+        counters.alerts.fetch_add(raised, Ordering::Relaxed);
+    }
 }
 
 /// Fills in the fingerprint and, for statements pgward did not analyze,
