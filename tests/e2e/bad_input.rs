@@ -301,15 +301,17 @@ async fn messages_before_an_oversized_one_are_still_delivered() {
 #[tokio::test]
 async fn logins_in_progress_are_capped_per_address() {
     let proxy = Proxy::with(Setup::default().set("sessions.max_startups_per_ip", "3"));
-    // The harness's readiness probe must be gone, or it holds one of the three.
+    // The harness's readiness probe (one bare TCP connect) must have been
+    // accepted and be gone, or it holds one of the three. The gauge alone is
+    // 0 before pgward has even accepted it, so wait for the counter too.
     eventually(Duration::from_secs(10), "the probe to finish", || {
-        proxy.metric("pgward_active_sessions") == 0.0
+        proxy.metric("pgward_connections_total") >= 1.0
+            && proxy.metric("pgward_active_sessions") == 0.0
     });
     let mut silent = Vec::new();
     for _ in 0..3 {
         silent.push(Raw::plain(&proxy).await);
     }
-    // Three, plus the harness's readiness probe.
     // Under load the silent three may still be on their way in: keep
     // trying until a fourth is turned away (each attempt stays open too).
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
