@@ -15,6 +15,7 @@
 //! nothing of sessions, `policy` and `store` know nothing of tokio, and the
 //! session is the only place where the pieces meet.
 
+pub mod access;
 pub mod audit;
 pub mod auth;
 pub mod certs;

@@ -1,10 +1,11 @@
-//! The login decision: lockout, password, account state, role choice.
+//! The login decision: lockout, password, second factor, account state.
 //!
 //! Order matters for what an attacker can learn. Lockout is checked first and
 //! is tracked per *name*, known or not, so it reveals nothing about which
 //! names exist. An unknown name and a wrong password cost one argon2 check
 //! each and produce the same error. Only after the password is right does
-//! pgward say that an account is disabled or that a role is not granted.
+//! pgward say that an account is disabled. Which role the person may act in
+//! is decided afterwards, by [`crate::access`].
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,12 +17,32 @@ use crate::error::{PgError, SqlState};
 use crate::policy::RoleName;
 use crate::store::{LoginAttempt, Store, StoreError};
 
-/// A person who has proven who they are, and the role they act in.
+/// A person who has proven who they are.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Identity {
+pub struct Person {
     pub user: String,
-    pub role: RoleName,
+    /// Roles assigned to the person, the default first.
+    pub roles: Vec<RoleName>,
     pub attrs: BTreeMap<String, String>,
+    /// What besides (or instead of) the password proved it.
+    pub second_factor: SecondFactor,
+}
+
+/// The proof beyond a password.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SecondFactor {
+    None,
+    Totp,
+    RecoveryCode,
+    /// A client certificate from pgward's CA (issued after a login with a
+    /// second factor, or to a service account).
+    Certificate,
+}
+
+impl SecondFactor {
+    pub fn is_some(self) -> bool {
+        self != SecondFactor::None
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -32,10 +53,6 @@ pub enum LoginFailure {
     Locked { user: String, window: Duration },
     #[error("account {0:?} is disabled")]
     Disabled(String),
-    #[error("user {user:?} may not use role {role:?}")]
-    RoleNotGranted { user: String, role: RoleName },
-    #[error("user {0:?} has no roles")]
-    NoRoles(String),
     #[error("login store unavailable: {0}")]
     Store(#[from] StoreError),
 }
@@ -47,7 +64,6 @@ impl LoginFailure {
             LoginFailure::BadCredentials(_) => "bad_credentials",
             LoginFailure::Locked { .. } => "locked",
             LoginFailure::Disabled(_) => "disabled",
-            LoginFailure::RoleNotGranted { .. } | LoginFailure::NoRoles(_) => "role_denied",
             LoginFailure::Store(_) => "store_error",
         }
     }
@@ -69,14 +85,6 @@ impl LoginFailure {
             LoginFailure::Disabled(user) => PgError::fatal(
                 SqlState::INVALID_AUTHORIZATION,
                 format!("pgward: account \"{user}\" is disabled"),
-            ),
-            LoginFailure::RoleNotGranted { user, role } => PgError::fatal(
-                SqlState::INVALID_AUTHORIZATION,
-                format!("pgward: user \"{user}\" may not use role \"{role}\""),
-            ),
-            LoginFailure::NoRoles(user) => PgError::fatal(
-                SqlState::INVALID_AUTHORIZATION,
-                format!("pgward: user \"{user}\" has no roles"),
             ),
             LoginFailure::Store(_) => PgError::fatal(
                 SqlState::CONNECTION_REJECTED,
@@ -113,6 +121,11 @@ impl Authenticator {
         }
     }
 
+    /// The store logins read, for what follows a login (role choice).
+    pub fn store(&self) -> Arc<dyn Store> {
+        Arc::clone(&self.store)
+    }
+
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
@@ -123,11 +136,7 @@ impl Authenticator {
             .map_err(|e| StoreError::Corrupt(format!("store task failed: {e}")))?
     }
 
-    pub async fn login(
-        &self,
-        login: &LoginName,
-        password: String,
-    ) -> Result<Identity, LoginFailure> {
+    pub async fn login(&self, login: &LoginName, password: String) -> Result<Person, LoginFailure> {
         let name = login.user.clone();
         // A name that can never exist costs a decoy check like any unknown
         // user, and never reaches the store (or the log) as given.
@@ -185,24 +194,11 @@ impl Authenticator {
         if user.disabled {
             return Err(LoginFailure::Disabled(name));
         }
-        let role = match &login.role {
-            Some(role) if user.roles.contains(role) => role.clone(),
-            Some(role) => {
-                return Err(LoginFailure::RoleNotGranted {
-                    user: name,
-                    role: role.clone(),
-                })
-            }
-            None => user
-                .roles
-                .first()
-                .cloned()
-                .ok_or_else(|| LoginFailure::NoRoles(name.clone()))?,
-        };
-        Ok(Identity {
+        Ok(Person {
             user: user.name,
-            role,
+            roles: user.roles,
             attrs: user.attrs,
+            second_factor: SecondFactor::None,
         })
     }
 }
@@ -248,8 +244,9 @@ mod tests {
     #[tokio::test]
     async fn right_password_logs_in_with_default_role() {
         let (auth, _) = setup(5);
-        let id = auth.login(&name("alice"), "right".into()).await.unwrap();
-        assert_eq!(id.role.as_str(), "dba");
+        let person = auth.login(&name("alice"), "right".into()).await.unwrap();
+        assert_eq!(person.roles[0].as_str(), "dba");
+        assert_eq!(person.second_factor, SecondFactor::None);
     }
 
     #[tokio::test]
@@ -350,13 +347,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn disabled_and_ungranted_role_are_refused_after_the_password() {
+    async fn disabled_is_refused_after_the_password() {
         let (auth, store) = setup(5);
-        let err = auth
-            .login(&name("alice+analyst"), "right".into())
-            .await
-            .unwrap_err();
-        assert!(matches!(err, LoginFailure::RoleNotGranted { .. }));
         store.set_disabled("alice", true).unwrap();
         let err = auth
             .login(&name("alice"), "wrong".into())

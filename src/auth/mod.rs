@@ -10,5 +10,5 @@ pub mod login;
 pub mod password;
 
 pub use identity::LoginName;
-pub use login::{Authenticator, Identity, LoginFailure};
+pub use login::{Authenticator, LoginFailure, Person, SecondFactor};
 pub use password::PasswordPool;

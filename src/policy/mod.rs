@@ -5,6 +5,7 @@
 //! with a broken file keeps the running policy set. This module is pure: it
 //! reads files and answers questions, and knows nothing of sockets or tokio.
 
+pub mod access;
 pub mod check;
 pub mod filter;
 pub mod mask;
@@ -15,6 +16,7 @@ pub mod table;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+pub use access::{BreakGlass, ConsoleRight, GrantRules};
 pub use role::{Role, RoleName, StatementClass, UpstreamAccount};
 pub use secret::{Secret, SecretSource};
 pub use table::{ColumnRule, TableName, TablePolicy};
@@ -100,6 +102,7 @@ impl PolicySet {
         for path in files {
             set.add_file(&path, &mut errors);
         }
+        set.check_references(&mut errors);
         (set, errors)
     }
 
@@ -157,6 +160,23 @@ impl PolicySet {
             }
             self.sources.insert(role_name.clone(), path.to_path_buf());
             self.roles.insert(role_name, role);
+        }
+    }
+
+    /// Approvers and break-glass holders must name roles that exist: a typo
+    /// would otherwise leave a request nobody can approve.
+    fn check_references(&self, errors: &mut Vec<PolicyError>) {
+        for (name, role) in &self.roles {
+            for r in role.referenced_roles() {
+                let known = RoleName::parse(r).is_ok_and(|r| self.roles.contains_key(&r));
+                if !known {
+                    errors.push(PolicyError::Invalid {
+                        path: self.sources.get(name).cloned().unwrap_or_default(),
+                        role: name.to_string(),
+                        message: format!("refers to role {r:?}, which is not defined"),
+                    });
+                }
+            }
         }
     }
 
@@ -244,7 +264,6 @@ mod tests {
         assert!(set
             .role(&RoleName::parse("dba").unwrap())
             .unwrap()
-            .grant_only
-            .is_some());
+            .is_grant_only());
     }
 }

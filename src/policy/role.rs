@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::access::{BreakGlass, ConsoleRight, GrantOnly, GrantRules};
 use super::secret::{Secret, SecretSource};
 use super::table::{TableName, TablePolicy};
 
@@ -120,9 +121,22 @@ pub struct Role {
     /// pgward pins the session's `search_path` to this list.
     #[serde(default = "default_search_path")]
     pub search_path: Vec<String>,
-    /// Only usable through a time-boxed grant.
+    /// Only usable through a time-boxed grant (see [`super::access`]).
     #[serde(default)]
-    pub grant_only: Option<serde_yaml::Value>,
+    grant_only: Option<GrantOnly>,
+    /// Caps and approvals for grants of a role that is not grant-only.
+    #[serde(default)]
+    grants: Option<GrantRules>,
+    /// Who may activate this role in an emergency, and for how long.
+    #[serde(default)]
+    pub break_glass: Option<BreakGlass>,
+    /// Logins in this role need a second factor (TOTP, or a client
+    /// certificate issued after one).
+    #[serde(default)]
+    pub mfa: bool,
+    /// What holders of this role may do in the admin console.
+    #[serde(default)]
+    pub console: Vec<ConsoleRight>,
     /// Overrides `sessions.idle_timeout` for this role.
     #[serde(default, with = "humantime_serde")]
     pub idle_timeout: Option<Duration>,
@@ -166,6 +180,32 @@ impl Role {
                 ).to_lowercase());
             }
         }
+        if matches!(self.grant_only, Some(GrantOnly::Rules(_))) && self.grants.is_some() {
+            return Err(
+                "give grant rules once: either `grant_only: {…}` or `grant_only: true` with `grants: {…}`"
+                    .into(),
+            );
+        }
+        let rules = self.grant_rules();
+        if rules.max.is_zero() || rules.request_ttl.is_zero() {
+            return Err("grant max and request_ttl must be longer than zero".into());
+        }
+        if rules.approvals == 0 {
+            return Err("approvals must be at least 1 (use `pgward grant add` to give a role without approval)".into());
+        }
+        if let Some(bg) = &self.break_glass {
+            if bg.max.is_zero() {
+                return Err("break_glass.max must be longer than zero".into());
+            }
+            if bg.allowed.is_empty() {
+                return Err(
+                    "break_glass.allowed must name the roles whose holders may use it".into(),
+                );
+            }
+        }
+        for r in self.referenced_roles() {
+            RoleName::parse(r)?;
+        }
         for s in &self.search_path {
             TableName::parse(&format!("{s}.x"))
                 .map_err(|_| format!("invalid schema {s:?} in search_path"))?;
@@ -184,6 +224,36 @@ impl Role {
             table.validate().map_err(|e| format!("table {name}: {e}"))?;
         }
         Ok(())
+    }
+
+    /// Usable only through a grant, never by assignment alone.
+    pub fn is_grant_only(&self) -> bool {
+        matches!(
+            self.grant_only,
+            Some(GrantOnly::Flag(true)) | Some(GrantOnly::Rules(_))
+        )
+    }
+
+    /// The caps and approvals for grants of this role.
+    pub fn grant_rules(&self) -> GrantRules {
+        match (&self.grant_only, &self.grants) {
+            (Some(GrantOnly::Rules(rules)), _) | (_, Some(rules)) => rules.clone(),
+            _ => GrantRules::default(),
+        }
+    }
+
+    /// Role names this role refers to (approvers, break-glass holders), for
+    /// checking that they exist.
+    pub fn referenced_roles(&self) -> Vec<&str> {
+        let rules = match (&self.grant_only, &self.grants) {
+            (Some(GrantOnly::Rules(rules)), _) | (_, Some(rules)) => rules.approvers.as_slice(),
+            _ => &[],
+        };
+        let allowed = self
+            .break_glass
+            .as_ref()
+            .map_or(&[][..], |b| b.allowed.as_slice());
+        rules.iter().chain(allowed).map(String::as_str).collect()
     }
 
     /// Attribute names the role's row filters need from each user.

@@ -8,6 +8,7 @@
 pub mod admission;
 pub mod cancel;
 pub mod pipeline;
+pub mod registry;
 pub mod relay;
 pub mod startup;
 pub mod statements;
@@ -24,8 +25,9 @@ use tokio::net::TcpStream;
 use tokio::sync::{watch, OwnedSemaphorePermit};
 use tracing::Instrument;
 
+use crate::access::Identity;
 use crate::audit::{Audit, Event, Kind, SessionInfo, Slot};
-use crate::auth::{Authenticator, Identity, LoginName};
+use crate::auth::{Authenticator, LoginName};
 use crate::config::Config;
 use crate::error::{PgError, SqlState};
 use crate::guard::schema_cache::Source;
@@ -63,6 +65,8 @@ pub struct Context {
     /// Schema and analysis caches and the masking key, for restricted roles.
     pub guard: Arc<GuardContext>,
     pub audit: Arc<Audit>,
+    /// The sessions running now, for the console and for ending them.
+    pub sessions: registry::Registry,
     next_id: AtomicU64,
 }
 
@@ -83,6 +87,7 @@ impl Context {
             terminate,
             guard,
             audit,
+            sessions: registry::Registry::default(),
             next_id: AtomicU64::new(1),
         }
     }
@@ -147,6 +152,17 @@ pub async fn run(
             _cancel,
         } = opened;
         tracing::info!(user = %identity.user, role = %identity.role, "session started");
+        let (_registered, kill) = ctx.sessions.register(registry::Running {
+            id,
+            who: Arc::clone(&who),
+            started: std::time::SystemTime::now(),
+            grant: identity.via.as_ref().map(|v| v.grant),
+        });
+        let cancel_target = CancelTarget {
+            upstream: rt.upstream.clone(),
+            process_id: upstream.process_id,
+            secret_key: upstream.secret_key,
+        };
         let recorder = rt.config.audit.record_statements.then(|| {
             statements::Recorder::new(
                 Arc::clone(&ctx.audit),
@@ -162,7 +178,10 @@ pub async fn run(
             upstream.buffer,
             limits,
             Arc::clone(&ctx.metrics),
-            ctx.terminate.clone(),
+            relay::Stops {
+                shutdown: ctx.terminate.clone(),
+                kill,
+            },
             relay::Enforcement {
                 guard,
                 recorder,
@@ -175,6 +194,20 @@ pub async fn run(
             },
         )
         .await;
+        if let relay::SessionEnd::Killed(why) = &end {
+            // A statement may still be running: the database would only
+            // notice the closed connection when it next writes.
+            if let Err(e) = upstream::cancel(
+                &cancel_target.upstream,
+                cancel_target.process_id,
+                cancel_target.secret_key,
+            )
+            .await
+            {
+                tracing::warn!(error = %e, "could not cancel the statement of an ended session");
+            }
+            tracing::info!(user = %identity.user, reason = %why, "session ended from outside");
+        }
         let mut ended = Event::new(Kind::SessionEnd, ctx.audit.instance());
         ended.who = Some(who);
         ended.outcome = Some(end.label().to_string());
@@ -210,7 +243,7 @@ struct Opened {
 /// finished (refused, cancelled, or gone).
 async fn open(
     ctx: &Context,
-    rt: &Runtime,
+    rt: &Arc<Runtime>,
     tcp: TcpStream,
     peer: SocketAddr,
     has_slot: bool,
@@ -262,6 +295,7 @@ async fn open(
         Ok(Some(ready)) => {
             who.user = Some(ready.identity.user.to_string());
             who.role = Some(ready.identity.role.to_string());
+            who.via = ready.identity.via.as_ref().map(ToString::to_string);
             who.database = Some(ready.database.clone());
             who.upstream_user = Some(ready.upstream_user.clone());
             let who = Arc::new(who);
@@ -382,7 +416,7 @@ struct Ready {
 
 async fn login(
     ctx: &Context,
-    rt: &Runtime,
+    rt: &Arc<Runtime>,
     client: &mut Stream,
     msg: &StartupMessage,
     has_slot: bool,
@@ -422,8 +456,8 @@ async fn login(
         PasswordReply::Gone => return Ok(None),
         PasswordReply::Invalid(err) => return Err(err),
     };
-    let identity = match ctx.auth.login(&login, password).await {
-        Ok(identity) => identity,
+    let person = match ctx.auth.login(&login, password).await {
+        Ok(person) => person,
         Err(failure) => {
             ctx.metrics.login(failure.outcome());
             tracing::info!(user = %login.user, outcome = failure.outcome(), "login failed");
@@ -431,6 +465,43 @@ async fn login(
             return Err(failure.to_pg_error());
         }
     };
+    // As in PostgreSQL the database defaults to the user name; libpq fills
+    // it in with the name typed, which may carry a `+role` suffix.
+    let database = match msg.get("database").filter(|d| !d.is_empty()) {
+        Some(db) if db != user_param => db.to_string(),
+        _ => login.user.clone(),
+    };
+    let identity = {
+        let store = ctx.auth.store();
+        let rt = Arc::clone(rt);
+        let requested = login.role.clone();
+        let db = database.clone();
+        let resolved = tokio::task::spawn_blocking(move || {
+            crate::access::resolve(
+                store.as_ref(),
+                &rt.policies,
+                &person,
+                requested.as_ref(),
+                &db,
+            )
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(crate::access::Denied::Store(
+                crate::store::StoreError::Corrupt(format!("role check failed: {e}")),
+            ))
+        });
+        match resolved {
+            Ok(identity) => identity,
+            Err(denied) => {
+                ctx.metrics.login("role_denied");
+                tracing::info!(user = %login.user, %denied, "login refused");
+                event.outcome = Some("role_denied".into());
+                return Err(denied.to_pg_error());
+            }
+        }
+    };
+    let database = database.as_str();
     let role = rt.policies.role(&identity.role).ok_or_else(|| {
         ctx.metrics.login("role_denied");
         PgError::fatal(
@@ -461,12 +532,6 @@ async fn login(
             .with_hint("set them with `pgward user set-attr`"));
         }
     }
-    // As in PostgreSQL the database defaults to the user name; libpq fills
-    // it in with the name typed, which may carry a `+role` suffix.
-    let database = match msg.get("database").filter(|d| !d.is_empty()) {
-        Some(db) if db != user_param => db,
-        _ => login.user.as_str(),
-    };
     if !role.allows_database(database) {
         ctx.metrics.login("role_denied");
         return Err(PgError::fatal(

@@ -33,6 +33,7 @@ use crate::net::backend::{error_response, ErrorFields};
 use crate::net::frame::{Header, HEADER_LEN};
 use crate::net::stream::Stream;
 use crate::session::pipeline::Pipeline;
+use crate::session::registry::Kill;
 use crate::session::statements::Recorder;
 use crate::sql::Refusal;
 
@@ -70,6 +71,9 @@ pub enum SessionEnd {
     IdleTimeout(Duration),
     LifetimeExceeded(Duration),
     Shutdown,
+    /// Ended from outside: an expired or revoked grant, `KILL`, a disabled
+    /// account.
+    Killed(Kill),
     MessageTooLarge {
         size: usize,
         limit: usize,
@@ -103,6 +107,15 @@ impl SessionEnd {
                 SqlState::ADMIN_SHUTDOWN,
                 "pgward: terminating connection because the proxy is shutting down",
             ),
+            SessionEnd::Killed(why) => {
+                PgError::fatal(SqlState::ADMIN_SHUTDOWN, format!("pgward: session ended: {why}"))
+                    .with_hint(match why {
+                        Kill::GrantExpired { .. } | Kill::GrantRevoked { .. } => {
+                            "request the role again (REQUEST ROLE in the pgward console) or use another role"
+                        }
+                        Kill::Admin { .. } | Kill::UserDisabled => "ask an administrator",
+                    })
+            }
             SessionEnd::MessageTooLarge { size, limit } => PgError::fatal(
                 SqlState::PROGRAM_LIMIT_EXCEEDED,
                 format!(
@@ -140,6 +153,7 @@ impl SessionEnd {
             SessionEnd::IdleTimeout(_) => "idle_timeout",
             SessionEnd::LifetimeExceeded(_) => "max_lifetime",
             SessionEnd::Shutdown => "shutdown",
+            SessionEnd::Killed(why) => why.label(),
             SessionEnd::MessageTooLarge { .. } => "message_too_large",
             SessionEnd::ProtocolViolation(_) => "protocol_violation",
             SessionEnd::AuditUnavailable(_) => "audit_unavailable",
@@ -369,7 +383,7 @@ pub async fn relay(
     upstream_buf: BytesMut,
     limits: Limits,
     metrics: Arc<Metrics>,
-    shutdown: watch::Receiver<bool>,
+    stops: Stops,
     enforcement: Enforcement,
 ) -> SessionEnd {
     let Enforcement {
@@ -410,7 +424,7 @@ pub async fn relay(
             &shared,
             &limits,
             &metrics,
-            shutdown,
+            stops,
             marker_prefix.as_deref(),
             &on_ddl,
             audit.as_deref(),
@@ -774,7 +788,7 @@ async fn upstream_to_client(
     shared: &Shared,
     limits: &Limits,
     metrics: &Metrics,
-    mut shutdown: watch::Receiver<bool>,
+    mut stops: Stops,
     marker: Option<&str>,
     on_ddl: &(dyn Fn() + Sync),
     audit: Option<&Audit>,
@@ -903,7 +917,7 @@ async fn upstream_to_client(
                     }
                 }
                 _ = &mut lifetime => return lifetime_end(),
-                _ = shutdown_requested(&mut shutdown) => return SessionEnd::Shutdown,
+                end = stops.requested() => return end,
             }
         }
         if hold {
@@ -940,7 +954,7 @@ async fn upstream_to_client(
                     }
                 }
                 _ = &mut lifetime => return lifetime_end(),
-                _ = shutdown_requested(&mut shutdown) => return SessionEnd::Shutdown,
+                end = stops.requested() => return end,
             }
             continue;
         }
@@ -963,7 +977,7 @@ async fn upstream_to_client(
                 continue;
             }
             _ = tokio::time::sleep(STOP_WAIT), if stopping_since.is_some() => continue,
-            _ = shutdown_requested(&mut shutdown), if at_boundary => SessionEnd::Shutdown,
+            end = stops.requested(), if at_boundary => end,
             _ = &mut lifetime, if at_boundary => lifetime_end(),
             read = upstream.read_buf(&mut buf) => match read {
                 Ok(0) | Err(_) if saw_fatal => return SessionEnd::UpstreamClosed,
@@ -981,14 +995,41 @@ async fn upstream_to_client(
     }
 }
 
-/// Resolves once shutdown is requested; never, if the sender is gone.
-async fn shutdown_requested(shutdown: &mut watch::Receiver<bool>) {
-    loop {
-        if *shutdown.borrow_and_update() {
-            return;
-        }
-        if shutdown.changed().await.is_err() {
-            std::future::pending::<()>().await;
+/// What ends a session from outside: the proxy shutting down, or this one
+/// session being ended ([`Kill`]).
+pub struct Stops {
+    pub shutdown: watch::Receiver<bool>,
+    pub kill: watch::Receiver<Option<Kill>>,
+}
+
+impl Stops {
+    /// Resolves once either asks the session to end; never, if both
+    /// senders are gone.
+    async fn requested(&mut self) -> SessionEnd {
+        let Stops { shutdown, kill } = self;
+        let shutdown = async {
+            loop {
+                if *shutdown.borrow_and_update() {
+                    return SessionEnd::Shutdown;
+                }
+                if shutdown.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        let kill = async {
+            loop {
+                if let Some(why) = kill.borrow_and_update().clone() {
+                    return SessionEnd::Killed(why);
+                }
+                if kill.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::select! {
+            end = shutdown => end,
+            end = kill => end,
         }
     }
 }

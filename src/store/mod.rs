@@ -6,6 +6,9 @@
 //! behind the same trait. Calls block, so async code runs them with
 //! `tokio::task::spawn_blocking`.
 
+pub mod access;
+pub mod certs;
+pub mod mfa;
 mod migrations;
 mod sqlite;
 
@@ -42,6 +45,12 @@ pub struct UserRecord {
     pub disabled: bool,
     pub created_at: SystemTime,
     pub last_login: Option<SystemTime>,
+    /// A TOTP secret is enrolled: password logins need a code.
+    pub mfa_enrolled: bool,
+    /// Logins must use a second factor even before one is enrolled.
+    pub mfa_required: bool,
+    /// A service account: long-lived client certificates, no second factor.
+    pub service: bool,
 }
 
 /// The answer to [`Store::begin_login_attempt`].
@@ -67,7 +76,11 @@ pub struct NewUser {
     pub attrs: BTreeMap<String, String>,
 }
 
-pub trait Store: Send + Sync + 'static {
+/// Everything pgward keeps: people (this trait), their second factors,
+/// grants and requests, and issued client certificates.
+pub trait Store:
+    Send + Sync + 'static + mfa::MfaStore + access::AccessStore + certs::CertStore
+{
     fn add_user(&self, user: &NewUser) -> Result<(), StoreError>;
     fn user(&self, name: &str) -> Result<Option<UserRecord>, StoreError>;
     fn users(&self) -> Result<Vec<UserRecord>, StoreError>;

@@ -18,13 +18,13 @@ pub struct SqliteStore {
     conn: Mutex<Connection>,
 }
 
-fn micros(t: SystemTime) -> i64 {
+pub(super) fn micros(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)
         .unwrap_or(0)
 }
 
-fn from_micros(us: i64) -> SystemTime {
+pub(super) fn from_micros(us: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_micros(us.max(0) as u64)
 }
 
@@ -64,7 +64,7 @@ impl SqliteStore {
         })
     }
 
-    fn conn(&self) -> MutexGuard<'_, Connection> {
+    pub(super) fn conn(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave a half-applied change:
         // every write is one SQLite transaction. Recover the guard.
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
@@ -94,6 +94,9 @@ impl SqliteStore {
             attrs,
             created_at: from_micros(row.get(4)?),
             last_login: row.get::<_, Option<i64>>(5)?.map(from_micros),
+            mfa_enrolled: row.get(6)?,
+            mfa_required: row.get::<_, i64>(7)? != 0,
+            service: row.get::<_, i64>(8)? != 0,
             name,
         })
     }
@@ -111,7 +114,8 @@ impl SqliteStore {
 /// for longer was abandoned by a process that died.
 const PENDING_EXPIRY: Duration = Duration::from_secs(60);
 
-const USER_COLUMNS: &str = "name, password_hash, disabled, attrs, created_at, last_login";
+const USER_COLUMNS: &str = "name, password_hash, disabled, attrs, created_at, last_login,
+    totp_secret IS NOT NULL, mfa_required, service";
 
 impl Store for SqliteStore {
     fn add_user(&self, user: &NewUser) -> Result<(), StoreError> {
