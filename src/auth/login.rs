@@ -43,6 +43,16 @@ impl SecondFactor {
     pub fn is_some(self) -> bool {
         self != SecondFactor::None
     }
+
+    /// As login audit events name it.
+    pub fn label(self) -> &'static str {
+        match self {
+            SecondFactor::None => "none",
+            SecondFactor::Totp => "totp",
+            SecondFactor::RecoveryCode => "recovery_code",
+            SecondFactor::Certificate => "certificate",
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -25,6 +25,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::json;
 
+use super::admin_event::{os_user, record, record_best_effort, signing_key};
 use super::ConfigArg;
 use crate::audit::chain::{read_public_key, SigningKey};
 use crate::audit::event::{format_time, Event, Kind};
@@ -298,63 +299,6 @@ fn existing_key(config: &Config) -> anyhow::Result<SigningKey> {
     }
     SigningKey::load_or_create(path)
         .with_context(|| "pass --public-key FILE to verify without the signing key".to_string())
-}
-
-/// The key for signing admin events' checkpoints: created only when no
-/// checkpoint exists yet (a new key would orphan every old signature).
-fn signing_key(config: &Config, store: &AuditStore) -> anyhow::Result<SigningKey> {
-    let path = &config.audit.signing_key;
-    if !path.exists() {
-        let signed: bool =
-            store
-                .connection()
-                .query_row("SELECT EXISTS (SELECT 1 FROM checkpoints)", [], |r| {
-                    r.get(0)
-                })?;
-        if signed {
-            bail!(
-                "the audit signing key {} is missing but the store has checkpoints signed with it; restore the key",
-                path.display()
-            );
-        }
-    }
-    Ok(SigningKey::load_or_create(path)?)
-}
-
-/// The operating-system user running the command, for admin events.
-fn os_user() -> String {
-    std::env::var("USER")
-        .ok()
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| "unknown".to_string())
-}
-
-/// Appends an admin event and signs the new head.
-fn record(
-    config: &Config,
-    store: &mut AuditStore,
-    action: &str,
-    detail: serde_json::Value,
-) -> anyhow::Result<()> {
-    let key = signing_key(config, store)?;
-    let mut event = [Event::admin(
-        &config.audit.instance_name(),
-        &os_user(),
-        action,
-        detail.to_string(),
-    )];
-    store.append(&mut event)?;
-    store.checkpoint(&key)?;
-    Ok(())
-}
-
-fn record_best_effort(config: &Config, action: &str, detail: serde_json::Value) {
-    let result = AuditStore::open(&config.audit.path)
-        .map_err(anyhow::Error::from)
-        .and_then(|mut store| record(config, &mut store, action, detail));
-    if let Err(e) = result {
-        eprintln!("note: this verification could not be recorded in the audit trail: {e:#}");
-    }
 }
 
 fn verify_the_store(config_path: &Path, public_key: Option<&Path>) -> anyhow::Result<()> {

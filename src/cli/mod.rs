@@ -1,6 +1,7 @@
 //! The `pgward` command line. Each subcommand lives in its own file; this
 //! one parses arguments, sets up logging and maps errors to exit codes.
 
+mod admin_event;
 mod audit;
 mod demo;
 mod init;

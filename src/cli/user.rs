@@ -7,6 +7,9 @@ use std::time::SystemTime;
 use anyhow::{bail, Context};
 use clap::Subcommand;
 
+use serde_json::json;
+
+use super::admin_event::{os_user, record_change};
 use super::ConfigArg;
 use crate::auth::password::hash_password;
 use crate::config::Config;
@@ -149,6 +152,12 @@ pub fn run(cmd: UserCommand) -> anyhow::Result<()> {
             })?;
             let roles: Vec<&str> = roles.iter().map(RoleName::as_str).collect();
             println!("added user {name} (roles: {})", roles.join(", "));
+            record_change(
+                &cfg,
+                &os_user(),
+                "user.add",
+                json!({ "user": name, "roles": roles }),
+            )?;
         }
         UserCommand::List { config } => {
             let (_, store) = open(&config)?;
@@ -174,7 +183,7 @@ pub fn run(cmd: UserCommand) -> anyhow::Result<()> {
             password_stdin,
             config,
         } => {
-            let (_, store) = open(&config)?;
+            let (cfg, store) = open(&config)?;
             if store.user(&name)?.is_none() {
                 bail!("no user named {name:?}");
             }
@@ -182,14 +191,19 @@ pub fn run(cmd: UserCommand) -> anyhow::Result<()> {
             let hash = hash_password(&password).map_err(|e| anyhow::anyhow!("hashing: {e}"))?;
             store.set_password(&name, &hash)?;
             println!("password changed for {name}");
+            record_change(&cfg, &os_user(), "user.passwd", json!({ "user": name }))?;
         }
         UserCommand::Disable { name, config } => {
-            open(&config)?.1.set_disabled(&name, true)?;
+            let (cfg, store) = open(&config)?;
+            store.set_disabled(&name, true)?;
             println!("disabled {name}");
+            record_change(&cfg, &os_user(), "user.disable", json!({ "user": name }))?;
         }
         UserCommand::Enable { name, config } => {
-            open(&config)?.1.set_disabled(&name, false)?;
+            let (cfg, store) = open(&config)?;
+            store.set_disabled(&name, false)?;
             println!("enabled {name}");
+            record_change(&cfg, &os_user(), "user.enable", json!({ "user": name }))?;
         }
         UserCommand::SetAttr {
             name,
@@ -200,7 +214,7 @@ pub fn run(cmd: UserCommand) -> anyhow::Result<()> {
             if attrs.is_empty() && unset.is_empty() {
                 bail!("nothing to change: give key=value pairs and/or --unset KEY");
             }
-            let (_, store) = open(&config)?;
+            let (cfg, store) = open(&config)?;
             for (k, v) in &attrs {
                 store.set_attr(&name, k, Some(v))?;
             }
@@ -208,6 +222,15 @@ pub fn run(cmd: UserCommand) -> anyhow::Result<()> {
                 store.set_attr(&name, k, None)?;
             }
             println!("updated attributes of {name}");
+            // Attribute names only: values (a clinic, a team) can be
+            // sensitive and are in the store.
+            let set: Vec<&str> = attrs.iter().map(|(k, _)| k.as_str()).collect();
+            record_change(
+                &cfg,
+                &os_user(),
+                "user.set_attr",
+                json!({ "user": name, "set": set, "unset": unset }),
+            )?;
         }
     }
     Ok(())

@@ -471,6 +471,7 @@ async fn login(
         Some(db) if db != user_param => db.to_string(),
         _ => login.user.clone(),
     };
+    let second_factor = person.second_factor;
     let identity = {
         let store = ctx.auth.store();
         let rt = Arc::clone(rt);
@@ -492,7 +493,11 @@ async fn login(
             ))
         });
         match resolved {
-            Ok(identity) => identity,
+            Ok(identity) => {
+                event.detail =
+                    Some(serde_json::json!({ "second_factor": second_factor.label() }).to_string());
+                identity
+            }
             Err(denied) => {
                 ctx.metrics.login("role_denied");
                 tracing::info!(user = %login.user, %denied, "login refused");
