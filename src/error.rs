@@ -28,6 +28,10 @@ impl SqlState {
     pub const IDLE_SESSION_TIMEOUT: SqlState = SqlState("57P05");
     pub const INVALID_CATALOG_NAME: SqlState = SqlState("3D000");
     pub const INTERNAL_ERROR: SqlState = SqlState("XX000");
+    pub const SYNTAX_ERROR: SqlState = SqlState("42601");
+    pub const INVALID_PARAMETER_VALUE: SqlState = SqlState("22023");
+    pub const OBJECT_NOT_IN_PREREQUISITE_STATE: SqlState = SqlState("55000");
+    pub const UNDEFINED_OBJECT: SqlState = SqlState("42704");
 
     pub fn code(&self) -> &'static str {
         self.0

@@ -6,6 +6,8 @@
 //! answers "what may they be right now". It reads the store and the
 //! policies and knows nothing of sockets.
 
+pub mod actions;
 pub mod resolve;
 
+pub use actions::{AccessError, Actor, Ask, Change};
 pub use resolve::{resolve, Denied, Identity, Via};

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::time::SystemTime;
 
 use crate::auth::Person;
 use crate::error::{PgError, SqlState};
@@ -91,27 +92,56 @@ pub fn resolve(
     requested: Option<&RoleName>,
     database: &str,
 ) -> Result<Identity, Denied> {
-    let _ = (store, database);
     let grant_only = |r: &RoleName| policies.role(r).is_some_and(|p| p.is_grant_only());
     let assigned = |r: &RoleName| person.roles.contains(r) && !grant_only(r);
     let (role, via) = match requested {
         Some(r) if assigned(r) => (r.clone(), None),
-        Some(r) => {
-            return Err(if person.roles.contains(r) {
-                Denied::GrantOnly {
-                    user: person.user.clone(),
-                    role: r.clone(),
-                }
-            } else {
-                Denied::NotGranted {
-                    user: person.user.clone(),
-                    role: r.clone(),
-                }
-            })
-        }
+        Some(r) => match store.active_grant(&person.user, r, database, SystemTime::now())? {
+            Some(grant) => (
+                r.clone(),
+                Some(Via {
+                    grant: grant.id,
+                    kind: grant.kind.as_str().to_string(),
+                }),
+            ),
+            None => {
+                return Err(if person.roles.contains(r) {
+                    Denied::GrantOnly {
+                        user: person.user.clone(),
+                        role: r.clone(),
+                    }
+                } else {
+                    Denied::NotGranted {
+                        user: person.user.clone(),
+                        role: r.clone(),
+                    }
+                })
+            }
+        },
         None => match person.roles.iter().find(|r| assigned(r)) {
             Some(r) => (r.clone(), None),
-            None => return Err(Denied::NoRoles(person.user.clone())),
+            // Nothing assigned: the active grant that lasts longest.
+            None => {
+                let filter = crate::store::access::AccessFilter {
+                    user: Some(person.user.clone()),
+                    current: Some(SystemTime::now()),
+                };
+                let granted = store
+                    .grants(&filter)?
+                    .into_iter()
+                    .filter(|g| g.covers(database))
+                    .max_by_key(|g| g.expires_at);
+                match granted {
+                    Some(g) => (
+                        g.role.clone(),
+                        Some(Via {
+                            grant: g.id,
+                            kind: g.kind.as_str().to_string(),
+                        }),
+                    ),
+                    None => return Err(Denied::NoRoles(person.user.clone())),
+                }
+            }
         },
     };
     let policy = policies

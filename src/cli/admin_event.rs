@@ -105,3 +105,35 @@ pub(crate) fn record_change(
         )
     })
 }
+
+/// Records the changes an access action made (grants, requests,
+/// break-glass), with alerts where the change calls for one.
+pub(crate) fn record_changes(
+    config: &Config,
+    actor: &str,
+    changes: &[crate::access::Change],
+) -> anyhow::Result<()> {
+    let instance = config.audit.instance_name();
+    let mut events: Vec<Event> = changes
+        .iter()
+        .flat_map(|c| {
+            let mut c = c.clone();
+            if let Value::Object(map) = &mut c.detail {
+                map.entry("operator")
+                    .or_insert_with(|| Value::String(os_user()));
+            }
+            c.events(&instance, actor)
+        })
+        .collect();
+    let result = AuditStore::open(&config.audit.path)
+        .map_err(anyhow::Error::from)
+        .and_then(|mut store| {
+            let key = signing_key(config, &store)?;
+            store.append(&mut events)?;
+            store.checkpoint(&key)?;
+            Ok(())
+        });
+    result.map_err(|e| {
+        anyhow::anyhow!("the change was made but could not be recorded in the audit trail: {e:#}")
+    })
+}

@@ -4,6 +4,7 @@
 mod admin_event;
 mod audit;
 mod demo;
+mod grant;
 mod init;
 mod policy;
 mod serve;
@@ -51,6 +52,12 @@ enum Command {
     /// Manage people: add, list, passwd, disable, enable, set-attr.
     #[command(subcommand)]
     User(user::UserCommand),
+    /// Time-boxed grants: add, list, revoke.
+    #[command(subcommand)]
+    Grant(grant::GrantCommand),
+    /// Access requests: create, list, approve, deny; break-glass and its review.
+    #[command(subcommand)]
+    Request(grant::RequestCommand),
     /// Check the policies, or explain what one statement becomes.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -71,6 +78,14 @@ pub fn main() -> ExitCode {
         Command::User(cmd) => {
             quiet_logging();
             user::run(cmd)
+        }
+        Command::Grant(cmd) => {
+            quiet_logging();
+            grant::run_grant(cmd)
+        }
+        Command::Request(cmd) => {
+            quiet_logging();
+            grant::run_request(cmd)
         }
         Command::Policy(cmd) => {
             quiet_logging();

@@ -52,6 +52,47 @@ pub fn ready_for_query(status: u8) -> Bytes {
     message(b'Z', |b| b.put_u8(status))
 }
 
+/// A RowDescription of text columns (type `text`, OID 25), as the admin
+/// console answers.
+pub fn row_description(columns: &[&str]) -> Bytes {
+    message(b'T', |b| {
+        b.put_u16(columns.len() as u16);
+        for name in columns {
+            put_cstr(b, name);
+            b.put_u32(0); // table OID
+            b.put_u16(0); // column number
+            b.put_u32(25); // text
+            b.put_i16(-1); // variable length
+            b.put_i32(-1); // no type modifier
+            b.put_u16(0); // text format
+        }
+    })
+}
+
+/// A DataRow of text values (`None` is NULL).
+pub fn data_row(values: &[Option<String>]) -> Bytes {
+    message(b'D', |b| {
+        b.put_u16(values.len() as u16);
+        for v in values {
+            match v {
+                Some(v) => {
+                    b.put_u32(v.len() as u32);
+                    b.extend_from_slice(v.as_bytes());
+                }
+                None => b.put_i32(-1),
+            }
+        }
+    })
+}
+
+pub fn command_complete(tag: &str) -> Bytes {
+    message(b'C', |b| put_cstr(b, tag))
+}
+
+pub fn empty_query_response() -> Bytes {
+    message(b'I', |_| {})
+}
+
 /// Tells a client that asked for protocol 3.x (x > 0) or `_pq_` options that
 /// pgward speaks 3.0 and none of those options.
 pub fn negotiate_protocol_version(minor: u32, unrecognized: &[String]) -> Bytes {

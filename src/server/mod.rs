@@ -8,6 +8,7 @@
 //!   to `sessions.shutdown_grace`, then ends the rest with a FATAL.
 
 mod admin_http;
+mod expiry;
 mod file_watch;
 
 use std::net::SocketAddr;
@@ -194,6 +195,8 @@ pub async fn serve(
         guard,
         Arc::clone(&audit),
     ));
+    let (sweep_stop_tx, sweep_stop) = watch::channel(false);
+    tokio::spawn(expiry::run(Arc::clone(&ctx), sweep_stop));
     if !config.audit.record_statements {
         tracing::warn!("audit.record_statements is off: statements are not recorded");
         admin_event(&ctx, "audit.statements_off", STATEMENTS_OFF.into());
@@ -257,6 +260,7 @@ pub async fn serve(
 
     drop(listener);
     let _ = draining_tx.send(true);
+    let _ = sweep_stop_tx.send(true);
     let grace = ctx.runtime.load().config.sessions.shutdown_grace;
     let running = max - slots.available_permits();
     tracing::info!(sessions = running, grace = ?grace, "shutting down: no new connections");

@@ -7,6 +7,7 @@
 
 pub mod admission;
 pub mod cancel;
+pub mod console;
 pub mod pipeline;
 pub mod registry;
 pub mod relay;
@@ -133,7 +134,12 @@ pub async fn run(
         .await;
         drop(starting);
         let opened = match opened {
-            Ok(Some(opened)) => opened,
+            Ok(Some(Session::Data(opened))) => opened,
+            Ok(Some(Session::Console(console))) => {
+                run_console(&ctx, rt, id, console).await;
+                drop(slot);
+                return;
+            }
             Ok(None) => return,
             Err(_) => {
                 tracing::info!(timeout = ?startup_timeout, "startup timed out");
@@ -239,6 +245,48 @@ struct Opened {
     _cancel: cancel::CancelGuard,
 }
 
+/// A logged-in console session (database `pgward`).
+struct ConsoleOpened {
+    client: Stream,
+    client_buf: BytesMut,
+    person: crate::auth::Person,
+    who: Arc<SessionInfo>,
+}
+
+enum Session {
+    Data(Opened),
+    Console(ConsoleOpened),
+}
+
+async fn run_console(ctx: &Arc<Context>, rt: Arc<Runtime>, id: u64, console: ConsoleOpened) {
+    let ConsoleOpened {
+        client,
+        client_buf,
+        person,
+        who,
+    } = console;
+    tracing::info!(user = %person.user, "console session started");
+    let (_registered, kill) = ctx.sessions.register(registry::Running {
+        id,
+        who: Arc::clone(&who),
+        started: std::time::SystemTime::now(),
+        grant: None,
+    });
+    let started = Instant::now();
+    let stops = relay::Stops {
+        shutdown: ctx.terminate.clone(),
+        kill,
+    };
+    let end = console::serve(ctx, rt, client, client_buf, person, Arc::clone(&who), stops).await;
+    let mut ended = Event::new(Kind::SessionEnd, ctx.audit.instance());
+    ended.who = Some(who);
+    ended.outcome = Some(end.label().to_string());
+    ended.duration_us = Some(started.elapsed().as_micros() as u64);
+    if ctx.audit.record(ended).await.is_err() {
+        tracing::warn!("the audit trail could not record the end of a console session");
+    }
+}
+
 /// Everything up to the first ReadyForQuery. `None` means the connection is
 /// finished (refused, cancelled, or gone).
 async fn open(
@@ -248,7 +296,7 @@ async fn open(
     peer: SocketAddr,
     has_slot: bool,
     session: u64,
-) -> Option<Opened> {
+) -> Option<Session> {
     let allow_plain = rt.config.tls.allow_plaintext_loopback;
     let (mut client, msg) =
         match startup::negotiate(tcp, peer, Arc::clone(&rt.tls), allow_plain).await {
@@ -292,7 +340,24 @@ async fn open(
     };
     let mut event = Event::new(Kind::Login, ctx.audit.instance());
     match login(ctx, rt, &mut client, &msg, has_slot, &mut event).await {
-        Ok(Some(ready)) => {
+        Ok(Some(Entered::Console(ready))) => {
+            who.user = Some(ready.person.user.clone());
+            who.database = Some(console::DATABASE.to_string());
+            let who = Arc::new(who);
+            event.who = Some(Arc::clone(&who));
+            event.outcome = Some("ok".into());
+            let _ = ctx.audit.send(login_slot, event);
+            let mut start = Event::new(Kind::SessionStart, ctx.audit.instance());
+            start.who = Some(Arc::clone(&who));
+            let _ = ctx.audit.send(start_slot, start);
+            Some(Session::Console(ConsoleOpened {
+                client,
+                client_buf: ready.client_buf,
+                person: ready.person,
+                who,
+            }))
+        }
+        Ok(Some(Entered::Data(ready))) => {
             who.user = Some(ready.identity.user.to_string());
             who.role = Some(ready.identity.role.to_string());
             who.via = ready.identity.via.as_ref().map(ToString::to_string);
@@ -305,7 +370,7 @@ async fn open(
             let mut start = Event::new(Kind::SessionStart, ctx.audit.instance());
             start.who = Some(Arc::clone(&who));
             let _ = ctx.audit.send(start_slot, start);
-            Some(Opened {
+            Some(Session::Data(Opened {
                 client,
                 client_buf: ready.client_buf,
                 upstream: ready.upstream,
@@ -315,7 +380,7 @@ async fn open(
                 database: ready.database,
                 who,
                 _cancel: ready.cancel,
-            })
+            }))
         }
         Ok(None) => {
             event.who = Some(Arc::new(who));
@@ -402,6 +467,17 @@ fn upstream_params(
     params
 }
 
+/// How a login ends well: a data session, or the admin console.
+enum Entered {
+    Data(Ready),
+    Console(ConsoleReady),
+}
+
+struct ConsoleReady {
+    client_buf: BytesMut,
+    person: crate::auth::Person,
+}
+
 /// A logged-in session, minus the client stream the caller still owns.
 struct Ready {
     client_buf: BytesMut,
@@ -421,7 +497,7 @@ async fn login(
     msg: &StartupMessage,
     has_slot: bool,
     event: &mut Event,
-) -> Result<Option<Ready>, PgError> {
+) -> Result<Option<Entered>, PgError> {
     startup::check_version(client, msg).await?;
     if msg
         .get("replication")
@@ -471,6 +547,18 @@ async fn login(
         Some(db) if db != user_param => db.to_string(),
         _ => login.user.clone(),
     };
+    if database == console::DATABASE {
+        event.detail =
+            Some(serde_json::json!({ "second_factor": person.second_factor.label() }).to_string());
+        if !console::hello(client).await {
+            return Ok(None);
+        }
+        ctx.metrics.login("ok");
+        return Ok(Some(Entered::Console(ConsoleReady {
+            client_buf: reader.into_buffer(),
+            person,
+        })));
+    }
     let second_factor = person.second_factor;
     let identity = {
         let store = ctx.auth.store();
@@ -625,7 +713,7 @@ async fn login(
         idle_timeout: role.idle_timeout.or(sessions.idle_timeout),
         max_lifetime: role.max_lifetime.or(sessions.max_lifetime),
     };
-    Ok(Some(Ready {
+    Ok(Some(Entered::Data(Ready {
         client_buf: reader.into_buffer(),
         upstream,
         identity,
@@ -634,5 +722,5 @@ async fn login(
         database: database.to_string(),
         upstream_user: role.upstream.user.clone(),
         cancel,
-    }))
+    })))
 }

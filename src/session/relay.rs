@@ -1005,7 +1005,7 @@ pub struct Stops {
 impl Stops {
     /// Resolves once either asks the session to end; never, if both
     /// senders are gone.
-    async fn requested(&mut self) -> SessionEnd {
+    pub async fn requested(&mut self) -> SessionEnd {
         let Stops { shutdown, kill } = self;
         let shutdown = async {
             loop {

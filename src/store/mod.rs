@@ -31,6 +31,14 @@ pub enum StoreError {
     TooNew { found: i64, known: i64 },
     #[error("store: corrupt record: {0}")]
     Corrupt(String),
+    #[error("no grant {0}")]
+    NoSuchGrant(i64),
+    #[error("no request {0}")]
+    NoSuchRequest(i64),
+    /// The change does not fit the current state (a request already
+    /// decided, a grant already revoked); the message says why.
+    #[error("{0}")]
+    Conflict(String),
 }
 
 /// A person known to pgward.

@@ -4,6 +4,7 @@
 mod harness;
 mod raw;
 
+mod access;
 mod audit;
 mod audit_cli;
 mod audit_sinks;
