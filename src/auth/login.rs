@@ -309,7 +309,9 @@ impl Authenticator {
                     return Ok(None);
                 };
                 let n = name.to_string();
-                let fresh = self.blocking(move |s| s.claim_totp_step(&n, step)).await?;
+                let fresh = self
+                    .blocking(move |s| s.claim_totp_step(&n, &stored, step))
+                    .await?;
                 Ok(fresh.then_some(SecondFactor::Totp))
             }
             Code::Recovery(code) => {

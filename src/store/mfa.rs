@@ -31,10 +31,12 @@ pub trait MfaStore {
     fn reset_mfa(&self, name: &str) -> Result<bool, StoreError>;
     /// The enrolled secret (base32), if any.
     fn totp_secret(&self, name: &str) -> Result<Option<String>, StoreError>;
-    /// Records that a code of time step `step` was used, if `step` is later
-    /// than every step used before; false means the code (or a newer one)
-    /// was already used and the login must fail.
-    fn claim_totp_step(&self, name: &str, step: u64) -> Result<bool, StoreError>;
+    /// Records that a code of time step `step`, checked against `secret`,
+    /// was used, if `step` is later than every step used before and `secret`
+    /// is still the one enrolled; false means the code (or a newer one) was
+    /// already used, or the secret was replaced meanwhile, and the login
+    /// must fail.
+    fn claim_totp_step(&self, name: &str, secret: &str, step: u64) -> Result<bool, StoreError>;
     /// Marks the unused recovery code with this hash as used at `at`; false
     /// if there is no such unused code.
     fn use_recovery_code(&self, name: &str, hash: &str, at: SystemTime)
@@ -135,14 +137,14 @@ impl MfaStore for SqliteStore {
         Ok(secret.flatten())
     }
 
-    fn claim_totp_step(&self, name: &str, step: u64) -> Result<bool, StoreError> {
+    fn claim_totp_step(&self, name: &str, secret: &str, step: u64) -> Result<bool, StoreError> {
         let step = i64::try_from(step).map_err(|_| StoreError::Corrupt("time step".into()))?;
         // One statement: the check and the write cannot be separated by
         // another login, in this process or another sharing the file.
         let changed = self.conn().execute(
-            "UPDATE users SET totp_last_step = ?2
-             WHERE name = ?1 AND totp_secret IS NOT NULL AND totp_last_step < ?2",
-            params![name, step],
+            "UPDATE users SET totp_last_step = ?3
+             WHERE name = ?1 AND totp_secret = ?2 AND totp_last_step < ?3",
+            params![name, secret, step],
         )?;
         Ok(changed == 1)
     }
@@ -244,7 +246,7 @@ mod tests {
             .enroll_totp("alice", "SECRET1", &hashes(3), false)
             .unwrap());
         assert!(store.user("alice").unwrap().unwrap().mfa_enrolled);
-        assert!(store.claim_totp_step("alice", 100).unwrap());
+        assert!(store.claim_totp_step("alice", "SECRET1", 100).unwrap());
         assert!(!store
             .enroll_totp("alice", "SECRET2", &hashes(2), false)
             .unwrap());
@@ -262,7 +264,11 @@ mod tests {
         );
         assert_eq!(store.recovery_codes_left("alice").unwrap(), 2);
         assert!(
-            store.claim_totp_step("alice", 50).unwrap(),
+            !store.claim_totp_step("alice", "SECRET1", 101).unwrap(),
+            "a code of the replaced secret"
+        );
+        assert!(
+            store.claim_totp_step("alice", "SECRET2", 50).unwrap(),
             "a new secret starts over"
         );
         assert!(matches!(
@@ -274,13 +280,16 @@ mod tests {
     #[test]
     fn a_step_is_claimed_once_and_older_steps_never() {
         let store = store_with_alice();
-        assert!(!store.claim_totp_step("alice", 10).unwrap(), "not enrolled");
+        assert!(
+            !store.claim_totp_step("alice", "S", 10).unwrap(),
+            "not enrolled"
+        );
         store.enroll_totp("alice", "S", &[], false).unwrap();
-        assert!(store.claim_totp_step("alice", 10).unwrap());
-        assert!(!store.claim_totp_step("alice", 10).unwrap(), "replay");
-        assert!(!store.claim_totp_step("alice", 9).unwrap(), "older");
-        assert!(store.claim_totp_step("alice", 11).unwrap());
-        assert!(!store.claim_totp_step("bob", 12).unwrap());
+        assert!(store.claim_totp_step("alice", "S", 10).unwrap());
+        assert!(!store.claim_totp_step("alice", "S", 10).unwrap(), "replay");
+        assert!(!store.claim_totp_step("alice", "S", 9).unwrap(), "older");
+        assert!(store.claim_totp_step("alice", "S", 11).unwrap());
+        assert!(!store.claim_totp_step("bob", "S", 12).unwrap());
     }
 
     #[test]
@@ -290,7 +299,7 @@ mod tests {
         let wins: usize = (0..8)
             .map(|_| {
                 let store = Arc::clone(&store);
-                std::thread::spawn(move || store.claim_totp_step("alice", 77).unwrap())
+                std::thread::spawn(move || store.claim_totp_step("alice", "S", 77).unwrap())
             })
             .collect::<Vec<_>>()
             .into_iter()
