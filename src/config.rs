@@ -254,6 +254,10 @@ pub struct AuthConfig {
     pub failure_window: Duration,
     /// Password hashes computed at once; more logins wait their turn.
     pub hash_concurrency: usize,
+    /// Every person must log in with a second factor: people without one
+    /// enrolled are refused until an administrator enrolls them. Service
+    /// accounts are exempt (they use client certificates).
+    pub mfa_required: bool,
 }
 
 impl Default for AuthConfig {
@@ -262,6 +266,7 @@ impl Default for AuthConfig {
             max_failures: 5,
             failure_window: Duration::from_secs(15 * 60),
             hash_concurrency: 2,
+            mfa_required: false,
         }
     }
 }
@@ -492,6 +497,7 @@ mod tests {
         assert_eq!(config.sessions.idle_timeout, Some(Duration::from_secs(300)));
         assert_eq!(config.sessions.max_message_size, 1 << 20);
         assert_eq!(config.auth.max_failures, 5);
+        assert!(!config.auth.mfa_required);
         assert_eq!(config.upstream.tls, UpstreamTlsMode::Prefer);
     }
 

@@ -8,6 +8,7 @@
 pub mod identity;
 pub mod login;
 pub mod password;
+pub mod totp;
 
 pub use identity::LoginName;
 pub use login::{Authenticator, LoginFailure, Person, SecondFactor};

@@ -136,7 +136,8 @@ pub async fn serve(
         pool,
         config.auth.max_failures,
         config.auth.failure_window,
-    );
+    )
+    .mfa_required(config.auth.mfa_required);
     let metrics = Arc::new(Metrics::new());
     let (terminate_tx, terminate_rx) = watch::channel(false);
     let guard = Arc::new(GuardContext {

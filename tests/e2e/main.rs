@@ -16,6 +16,7 @@ mod demo;
 mod masked_use;
 mod masked_writes;
 mod masks;
+mod mfa;
 mod policy_cli;
 mod relay;
 mod restricted;
