@@ -49,6 +49,8 @@ pub struct Runtime {
     pub config: Config,
     pub policies: PolicySet,
     pub tls: Arc<rustls::ServerConfig>,
+    /// pgward's CA, when client certificates are on (`tls` asks for them).
+    pub client_ca: Option<Arc<crate::net::tls::ClientCa>>,
     pub upstream: Target,
     /// Distinguishes policy sets across reloads (part of analysis cache keys).
     pub generation: u64,
@@ -286,6 +288,9 @@ async fn open(
         user: msg.get("user").map(str::to_string),
         client_addr: Some(peer.ip().to_string()),
         tls_version: client.tls_version().map(str::to_string),
+        client_cert: client
+            .peer_certificates()
+            .and_then(crate::auth::cert::describe),
         application_name: msg.get("application_name").map(str::to_string),
         database: msg.get("database").map(str::to_string),
         ..SessionInfo::default()
@@ -451,18 +456,32 @@ async fn login(
         .map_err(|e| PgError::fatal(SqlState::INVALID_AUTHORIZATION, format!("pgward: {e}")))?;
 
     let mut reader = FrameReader::new();
-    let password = match startup::ask_password(client, &mut reader).await {
-        PasswordReply::Password(pw) => pw,
-        PasswordReply::Gone => return Ok(None),
-        PasswordReply::Invalid(err) => return Err(err),
+    // A client certificate replaces the password: no prompt.
+    let authenticated = match client.peer_certificates() {
+        Some(chain) => {
+            crate::auth::cert::login(ctx.auth.store(), rt.client_ca.clone(), chain, &login)
+                .await
+                .map_err(|f| (f.outcome(), f.to_pg_error()))
+        }
+        None => {
+            let password = match startup::ask_password(client, &mut reader).await {
+                PasswordReply::Password(pw) => pw,
+                PasswordReply::Gone => return Ok(None),
+                PasswordReply::Invalid(err) => return Err(err),
+            };
+            ctx.auth
+                .login(&login, password)
+                .await
+                .map_err(|f| (f.outcome(), f.to_pg_error()))
+        }
     };
-    let person = match ctx.auth.login(&login, password).await {
+    let person = match authenticated {
         Ok(person) => person,
-        Err(failure) => {
-            ctx.metrics.login(failure.outcome());
-            tracing::info!(user = %login.user, outcome = failure.outcome(), "login failed");
-            event.outcome = Some(failure.outcome().to_string());
-            return Err(failure.to_pg_error());
+        Err((outcome, err)) => {
+            ctx.metrics.login(outcome);
+            tracing::info!(user = %login.user, outcome, "login failed");
+            event.outcome = Some(outcome.to_string());
+            return Err(err);
         }
     };
     // As in PostgreSQL the database defaults to the user name; libpq fills
