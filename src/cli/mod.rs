@@ -3,6 +3,7 @@
 
 mod admin_event;
 mod audit;
+mod cert;
 mod demo;
 mod init;
 mod policy;
@@ -51,6 +52,9 @@ enum Command {
     /// Manage people: add, list, passwd, disable, enable, set-attr.
     #[command(subcommand)]
     User(user::UserCommand),
+    /// Client certificates from pgward's CA: issue, list, revoke.
+    #[command(subcommand)]
+    Cert(cert::CertCommand),
     /// Check the policies, or explain what one statement becomes.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -71,6 +75,10 @@ pub fn main() -> ExitCode {
         Command::User(cmd) => {
             quiet_logging();
             user::run(cmd)
+        }
+        Command::Cert(cmd) => {
+            quiet_logging();
+            cert::run(cmd)
         }
         Command::Policy(cmd) => {
             quiet_logging();
