@@ -250,7 +250,7 @@ mod tests {
     const HOUR: Duration = Duration::from_secs(3600);
 
     struct Fixture {
-        _dir: tempfile::TempDir,
+        dir: tempfile::TempDir,
         certs: CertsConfig,
         store: SqliteStore,
         ca: ClientCa,
@@ -278,7 +278,7 @@ mod tests {
             }
             let ca = ClientCa::load(&certs.ca_cert).unwrap();
             Fixture {
-                _dir: dir,
+                dir,
                 certs,
                 store,
                 ca,
@@ -367,7 +367,7 @@ mod tests {
     #[test]
     fn server_certificates_and_strangers_are_untrusted() {
         let f = Fixture::new();
-        let server = std::fs::read_to_string(f._dir.path().join("server.crt")).unwrap();
+        let server = std::fs::read_to_string(f.dir.path().join("server.crt")).unwrap();
         let (_, outcome) = message(f.check(&chain(&server), "localhost").unwrap_err());
         assert_eq!(
             outcome, "cert_untrusted",

@@ -288,7 +288,7 @@ mod tests {
 
     #[test]
     fn a_ca_key_that_does_not_match_is_refused() {
-        let (dir, certs, store) = setup();
+        let (_dir, certs, store) = setup();
         let other = tempfile::tempdir().unwrap();
         super::super::write_ca_and_server(other.path(), &["localhost"]).unwrap();
         let mixed = CertsConfig {
@@ -299,7 +299,6 @@ mod tests {
             .err()
             .unwrap();
         assert!(err.to_string().contains("it is not the key of"), "{err}");
-        drop(dir);
     }
 
     #[test]
