@@ -3,17 +3,21 @@
 //! `pgward init` creates a CA and a server certificate for localhost so TLS
 //! works from the first minute; operators replace `server.crt`/`server.key`
 //! with their organisation's certificate when they have one. Private keys are
-//! written with mode 0600.
+//! written with mode 0600. The same CA issues client certificates
+//! ([`client`]).
+
+pub mod client;
 
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
+    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData,
 };
+use rustls::pki_types::pem::PemObject;
 use time::{Duration, OffsetDateTime};
 
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +29,26 @@ pub enum CertError {
         path: String,
         source: std::io::Error,
     },
+    #[error("cannot read pgward's CA from {path}: {why}")]
+    ReadCa { path: PathBuf, why: String },
+    #[error("no user named {0:?}")]
+    NoSuchUser(String),
+    #[error("account {0:?} is disabled; it gets no certificate")]
+    Disabled(String),
+    #[error("{0:?} is not a service account; only service accounts get --service certificates")]
+    NotService(String),
+    #[error(
+        "a {kind} certificate may live at most {max} (certs.{kind}_max_ttl); asked for {asked}"
+    )]
+    TooLong {
+        kind: &'static str,
+        max: String,
+        asked: String,
+    },
+    #[error("a certificate must live longer than 0s")]
+    ZeroTtl,
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// PEM text of a certificate and its private key.
@@ -44,6 +68,43 @@ fn dn(common_name: &str) -> DistinguishedName {
 pub struct Ca {
     pub pem: Pem,
     issuer: Issuer<'static, KeyPair>,
+}
+
+/// Loads the CA `pgward init` made, to sign with it.
+pub fn load_ca(cert: &Path, key: &Path) -> Result<Ca, CertError> {
+    let read = |path: &Path| {
+        std::fs::read_to_string(path).map_err(|e| CertError::ReadCa {
+            path: path.to_path_buf(),
+            why: e.to_string(),
+        })
+    };
+    let pem = Pem {
+        cert: read(cert)?,
+        key: read(key)?,
+    };
+    let invalid = |path: &Path, e: rcgen::Error| CertError::ReadCa {
+        path: path.to_path_buf(),
+        why: e.to_string(),
+    };
+    let signing_key = KeyPair::from_pem(&pem.key).map_err(|e| invalid(key, e))?;
+    // A key that does not match would sign certificates nothing verifies.
+    let der =
+        rustls::pki_types::CertificateDer::from_pem_slice(pem.cert.as_bytes()).map_err(|e| {
+            CertError::ReadCa {
+                path: cert.to_path_buf(),
+                why: e.to_string(),
+            }
+        })?;
+    let matches = x509_parser::parse_x509_certificate(&der)
+        .is_ok_and(|(_, x509)| x509.public_key().raw == signing_key.subject_public_key_info());
+    if !matches {
+        return Err(CertError::ReadCa {
+            path: key.to_path_buf(),
+            why: format!("it is not the key of {}", cert.display()),
+        });
+    }
+    let issuer = Issuer::from_ca_cert_pem(&pem.cert, signing_key).map_err(|e| invalid(cert, e))?;
+    Ok(Ca { pem, issuer })
 }
 
 /// A new self-signed CA, valid for ten years.

@@ -39,6 +39,9 @@ pub struct Config {
     pub admin_listen: Option<SocketAddr>,
     pub upstream: UpstreamConfig,
     pub tls: TlsConfig,
+    /// pgward's CA and the client certificates it issues.
+    #[serde(default)]
+    pub certs: CertsConfig,
     pub store: StoreConfig,
     /// Directory of `*.yaml` policy files.
     pub policies: PathBuf,
@@ -238,6 +241,36 @@ pub struct TlsConfig {
     pub allow_plaintext_loopback: bool,
 }
 
+/// Client certificates: pgward's CA signs them, and a client presenting
+/// one logs in without a password.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CertsConfig {
+    /// The CA clients' certificates must chain to. Without this file pgward
+    /// asks for no client certificate and every login uses a password.
+    pub ca_cert: PathBuf,
+    /// Its private key, read only when a certificate is issued.
+    pub ca_key: PathBuf,
+    /// Longest lifetime of a person's certificate: short, because holding
+    /// it replaces the password and second factor.
+    #[serde(with = "humantime_serde")]
+    pub person_max_ttl: Duration,
+    /// Longest lifetime of a service account's certificate (`--service`).
+    #[serde(with = "humantime_serde")]
+    pub service_max_ttl: Duration,
+}
+
+impl Default for CertsConfig {
+    fn default() -> Self {
+        CertsConfig {
+            ca_cert: PathBuf::from("certs/ca.crt"),
+            ca_key: PathBuf::from("certs/ca.key"),
+            person_max_ttl: Duration::from_secs(12 * 3600),
+            service_max_ttl: Duration::from_secs(365 * 86400),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
@@ -423,6 +456,8 @@ impl Config {
         };
         resolve(&mut self.tls.cert);
         resolve(&mut self.tls.key);
+        resolve(&mut self.certs.ca_cert);
+        resolve(&mut self.certs.ca_key);
         resolve(&mut self.store.path);
         resolve(&mut self.policies);
         resolve(&mut self.enforcement.masking_key);
@@ -449,6 +484,11 @@ impl Config {
             return Err("audit.alerts: rows_per_statement, statements_per_minute and denied need statement events, but audit.record_statements is false".into());
         }
         crate::audit::sinks::validate(&self.audit.sinks, &self.audit.path)?;
+        if self.certs.person_max_ttl.is_zero() || self.certs.service_max_ttl.is_zero() {
+            return Err(
+                "certs.person_max_ttl and certs.service_max_ttl must be more than 0".into(),
+            );
+        }
         if self.auth.max_failures == 0 {
             return Err("auth.max_failures must be at least 1".into());
         }
@@ -499,6 +539,39 @@ mod tests {
         assert_eq!(config.auth.max_failures, 5);
         assert!(!config.auth.mfa_required);
         assert_eq!(config.upstream.tls, UpstreamTlsMode::Prefer);
+        assert_eq!(config.certs.ca_cert, dir.path().join("certs/ca.crt"));
+        assert_eq!(config.certs.person_max_ttl, Duration::from_secs(12 * 3600));
+        assert_eq!(
+            config.certs.service_max_ttl,
+            Duration::from_secs(365 * 86400)
+        );
+    }
+
+    #[test]
+    fn certificate_lifetimes_are_configurable_and_never_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pgward.yaml");
+        let load = |certs: &str| {
+            std::fs::write(
+                &path,
+                format!(
+                    "listen: 127.0.0.1:6432\nupstream: {{host: h, port: 1}}\n\
+                     tls: {{cert: c, key: k}}\nstore: {{path: s}}\npolicies: p\ncerts: {certs}\n"
+                ),
+            )
+            .unwrap();
+            Config::load(&path)
+        };
+        let config =
+            load("{person_max_ttl: 8h, service_max_ttl: 90d, ca_cert: /etc/ca.crt}").unwrap();
+        assert_eq!(config.certs.person_max_ttl, Duration::from_secs(8 * 3600));
+        assert_eq!(
+            config.certs.service_max_ttl,
+            Duration::from_secs(90 * 86400)
+        );
+        assert_eq!(config.certs.ca_cert, PathBuf::from("/etc/ca.crt"));
+        assert_eq!(config.certs.ca_key, dir.path().join("certs/ca.key"));
+        assert!(load("{person_max_ttl: 0s}").is_err());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! set of dedicated threads: a flood of logins queues there instead of
 //! starving the worker threads that relay running sessions.
 
+pub mod cert;
 pub mod identity;
 pub mod login;
 pub mod password;

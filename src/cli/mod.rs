@@ -3,6 +3,7 @@
 
 mod admin_event;
 mod audit;
+mod cert;
 mod demo;
 mod grant;
 mod init;
@@ -58,6 +59,9 @@ enum Command {
     /// Access requests: create, list, approve, deny; break-glass and its review.
     #[command(subcommand)]
     Request(grant::RequestCommand),
+    /// Client certificates from pgward's CA: issue, list, revoke.
+    #[command(subcommand)]
+    Cert(cert::CertCommand),
     /// Check the policies, or explain what one statement becomes.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -86,6 +90,10 @@ pub fn main() -> ExitCode {
         Command::Request(cmd) => {
             quiet_logging();
             grant::run_request(cmd)
+        }
+        Command::Cert(cmd) => {
+            quiet_logging();
+            cert::run(cmd)
         }
         Command::Policy(cmd) => {
             quiet_logging();

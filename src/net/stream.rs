@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -35,6 +36,16 @@ impl Stream {
             rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
             _ => "TLS",
         })
+    }
+
+    /// The certificate chain a TLS client presented, end entity first;
+    /// `None` when it presented none (or this is not a client connection).
+    pub fn peer_certificates(&self) -> Option<&[CertificateDer<'static>]> {
+        match self {
+            Stream::ServerTls(s) => s.get_ref().1.peer_certificates(),
+            _ => None,
+        }
+        .filter(|chain| !chain.is_empty())
     }
 
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {

@@ -4,6 +4,12 @@
 //! suites; nothing older is compiled in. Towards the database, the four
 //! libpq-style modes decide whether TLS is attempted and how much of the
 //! server's certificate is checked.
+//!
+//! Client certificates are asked for but never required, and the handshake
+//! only checks that the client holds the certificate's key. Whether pgward's
+//! CA issued it is decided after the StartupMessage ([`ClientCa::verify`]),
+//! so a bad certificate gets a PostgreSQL error that says what is wrong
+//! instead of a TLS alert that says nothing.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,7 +18,12 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{
+    ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
+    SignatureScheme,
+};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
@@ -47,20 +58,139 @@ fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(certs)
 }
 
-/// The server side: what clients of pgward see.
+/// The server side: what clients of pgward see, without client certificates.
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+    server_config_with_clients(cert, key, None)
+}
+
+/// The server side, asking clients for a certificate from `clients` when
+/// given (see the module documentation for what is checked when).
+pub fn server_config_with_clients(
+    cert: &Path,
+    key: &Path,
+    clients: Option<&ClientCa>,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let certs = load_certs(cert)?;
     let key = PrivateKeyDer::from_pem_file(key).map_err(|source| TlsError::Read {
         path: key.display().to_string(),
         source,
     })?;
-    let mut config = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)?;
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    let builder = match clients {
+        Some(ca) => builder.with_client_cert_verifier(Arc::new(ProofOfPossession {
+            ca: Arc::clone(&ca.verifier),
+            provider: provider(),
+        })),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_single_cert(certs, key)?;
     // The ALPN name PostgreSQL 17 clients send; required for direct TLS.
     config.alpn_protocols = vec![b"postgresql".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// The CA client certificates must chain to: pgward's own.
+#[derive(Clone, Debug)]
+pub struct ClientCa {
+    verifier: Arc<dyn ClientCertVerifier>,
+}
+
+impl ClientCa {
+    /// Trusts the certificates in the PEM file `path`, and nothing else.
+    pub fn load(path: &Path) -> Result<ClientCa, TlsError> {
+        let mut roots = RootCertStore::empty();
+        for cert in load_certs(path)? {
+            roots.add(cert)?;
+        }
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;
+        Ok(ClientCa { verifier })
+    }
+
+    /// Checks a presented chain (end entity first) as webpki does: signed
+    /// by the CA, valid at `now`, meant for client authentication.
+    pub fn verify(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<(), rustls::Error> {
+        self.verifier
+            .verify_client_cert(end_entity, intermediates, now)
+            .map(|_| ())
+    }
+}
+
+/// The handshake half of client authentication: offered, optional, and
+/// the CertificateVerify signature checked with webpki's algorithms, so
+/// the client proves it holds the key. The chain is accepted here and
+/// judged by [`ClientCa::verify`] once pgward can answer in PostgreSQL's
+/// own terms.
+#[derive(Debug)]
+struct ProofOfPossession {
+    ca: Arc<dyn ClientCertVerifier>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ClientCertVerifier for ProofOfPossession {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // Names pgward's CA, so clients holding several certificates pick
+        // the right one.
+        self.ca.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
 }
 
 /// How pgward secures its connection to the database, as libpq's `sslmode`.

@@ -41,17 +41,33 @@ pub fn load_runtime(config_path: &Path) -> anyhow::Result<Runtime> {
     if policies.is_empty() {
         tracing::warn!(dir = %config.policies.display(), "no roles defined; every login will be refused");
     }
-    let server_tls = tls::server_config(&config.tls.cert, &config.tls.key)
-        .context("loading the server certificate")?;
+    let client_ca = client_ca(&config)?;
+    let server_tls =
+        tls::server_config_with_clients(&config.tls.cert, &config.tls.key, client_ca.as_deref())
+            .context("loading the server certificate")?;
     let upstream = upstream_target(&config)?;
     static GENERATION: AtomicU64 = AtomicU64::new(1);
     Ok(Runtime {
         config,
         policies,
         tls: server_tls,
+        client_ca,
         upstream,
         generation: GENERATION.fetch_add(1, Ordering::Relaxed),
     })
+}
+
+/// pgward's CA for client certificates; without its file, logins use
+/// passwords only.
+fn client_ca(config: &Config) -> anyhow::Result<Option<Arc<tls::ClientCa>>> {
+    let path = &config.certs.ca_cert;
+    if !path.exists() {
+        tracing::warn!(ca = %path.display(), "no CA certificate: client certificates are off");
+        return Ok(None);
+    }
+    let ca = tls::ClientCa::load(path)
+        .with_context(|| format!("loading the client CA {}", path.display()))?;
+    Ok(Some(Arc::new(ca)))
 }
 
 /// How to reach the database, from the config's `upstream` section.

@@ -50,6 +50,8 @@ pub struct Runtime {
     pub config: Config,
     pub policies: PolicySet,
     pub tls: Arc<rustls::ServerConfig>,
+    /// pgward's CA, when client certificates are on (`tls` asks for them).
+    pub client_ca: Option<Arc<crate::net::tls::ClientCa>>,
     pub upstream: Target,
     /// Distinguishes policy sets across reloads (part of analysis cache keys).
     pub generation: u64,
@@ -134,7 +136,7 @@ pub async fn run(
         .await;
         drop(starting);
         let opened = match opened {
-            Ok(Some(Session::Data(opened))) => opened,
+            Ok(Some(Session::Data(opened))) => *opened,
             Ok(Some(Session::Console(console))) => {
                 run_console(&ctx, rt, id, console).await;
                 drop(slot);
@@ -254,7 +256,7 @@ struct ConsoleOpened {
 }
 
 enum Session {
-    Data(Opened),
+    Data(Box<Opened>),
     Console(ConsoleOpened),
 }
 
@@ -334,6 +336,9 @@ async fn open(
         user: msg.get("user").map(str::to_string),
         client_addr: Some(peer.ip().to_string()),
         tls_version: client.tls_version().map(str::to_string),
+        client_cert: client
+            .peer_certificates()
+            .and_then(crate::auth::cert::describe),
         application_name: msg.get("application_name").map(str::to_string),
         database: msg.get("database").map(str::to_string),
         ..SessionInfo::default()
@@ -370,7 +375,7 @@ async fn open(
             let mut start = Event::new(Kind::SessionStart, ctx.audit.instance());
             start.who = Some(Arc::clone(&who));
             let _ = ctx.audit.send(start_slot, start);
-            Some(Session::Data(Opened {
+            Some(Session::Data(Box::new(Opened {
                 client,
                 client_buf: ready.client_buf,
                 upstream: ready.upstream,
@@ -380,7 +385,7 @@ async fn open(
                 database: ready.database,
                 who,
                 _cancel: ready.cancel,
-            }))
+            })))
         }
         Ok(None) => {
             event.who = Some(Arc::new(who));
@@ -469,7 +474,7 @@ fn upstream_params(
 
 /// How a login ends well: a data session, or the admin console.
 enum Entered {
-    Data(Ready),
+    Data(Box<Ready>),
     Console(ConsoleReady),
 }
 
@@ -527,18 +532,32 @@ async fn login(
         .map_err(|e| PgError::fatal(SqlState::INVALID_AUTHORIZATION, format!("pgward: {e}")))?;
 
     let mut reader = FrameReader::new();
-    let password = match startup::ask_password(client, &mut reader).await {
-        PasswordReply::Password(pw) => pw,
-        PasswordReply::Gone => return Ok(None),
-        PasswordReply::Invalid(err) => return Err(err),
+    // A client certificate replaces the password: no prompt.
+    let authenticated = match client.peer_certificates() {
+        Some(chain) => {
+            crate::auth::cert::login(ctx.auth.store(), rt.client_ca.clone(), chain, &login)
+                .await
+                .map_err(|f| (f.outcome(), f.to_pg_error()))
+        }
+        None => {
+            let password = match startup::ask_password(client, &mut reader).await {
+                PasswordReply::Password(pw) => pw,
+                PasswordReply::Gone => return Ok(None),
+                PasswordReply::Invalid(err) => return Err(err),
+            };
+            ctx.auth
+                .login(&login, password)
+                .await
+                .map_err(|f| (f.outcome(), f.to_pg_error()))
+        }
     };
-    let person = match ctx.auth.login(&login, password).await {
+    let person = match authenticated {
         Ok(person) => person,
-        Err(failure) => {
-            ctx.metrics.login(failure.outcome());
-            tracing::info!(user = %login.user, outcome = failure.outcome(), "login failed");
-            event.outcome = Some(failure.outcome().to_string());
-            return Err(failure.to_pg_error());
+        Err((outcome, err)) => {
+            ctx.metrics.login(outcome);
+            tracing::info!(user = %login.user, outcome, "login failed");
+            event.outcome = Some(outcome.to_string());
+            return Err(err);
         }
     };
     // As in PostgreSQL the database defaults to the user name; libpq fills
@@ -713,7 +732,7 @@ async fn login(
         idle_timeout: role.idle_timeout.or(sessions.idle_timeout),
         max_lifetime: role.max_lifetime.or(sessions.max_lifetime),
     };
-    Ok(Some(Entered::Data(Ready {
+    Ok(Some(Entered::Data(Box::new(Ready {
         client_buf: reader.into_buffer(),
         upstream,
         identity,
@@ -722,5 +741,5 @@ async fn login(
         database: database.to_string(),
         upstream_user: role.upstream.user.clone(),
         cancel,
-    })))
+    }))))
 }

@@ -523,7 +523,7 @@ impl AccessStore for SqliteStore {
         let mut out = Vec::new();
         for name in names {
             let disabled: Option<i64> = stmt.query_row([name], |r| r.get(0)).optional()?;
-            if disabled.map_or(true, |d| d != 0) {
+            if disabled != Some(0) {
                 out.push(name.clone());
             }
         }

@@ -11,6 +11,7 @@ mod audit_sinks;
 mod auth;
 mod bad_input;
 mod cancel;
+mod certs;
 mod clients;
 mod demo;
 mod masked_use;

@@ -373,3 +373,72 @@ async fn the_global_requirement_spares_service_accounts() {
     let admin = admin_events(&proxy);
     assert!(admin.contains(r#"\"service\":true"#), "{admin}");
 }
+
+#[tokio::test]
+async fn a_console_session_opened_with_a_code_issues_its_person_a_certificate() {
+    let proxy = Proxy::start();
+    proxy.add_user("alice", &["dba"]);
+    let console = |password: String| {
+        let proxy = &proxy;
+        async move {
+            let (client, conn) = proxy
+                .connect_db("alice", &password, "pgward")
+                .await
+                .expect("console login");
+            tokio::spawn(conn);
+            client
+        }
+    };
+    // A password alone does not mint a credential that outlives it.
+    let plain = console(PASSWORD.to_string()).await;
+    let err = plain.simple_query("ISSUE CERTIFICATE").await.unwrap_err();
+    assert_eq!(sqlstate(&err), "42501");
+    assert!(
+        message(&err).contains("password and TOTP code"),
+        "{}",
+        message(&err)
+    );
+
+    let enrolled = enroll(&proxy, "alice");
+    let client = console(format!("{PASSWORD}:{}", enrolled.code(0))).await;
+    let err = client
+        .simple_query("ISSUE CERTIFICATE FOR '2 days'")
+        .await
+        .unwrap_err();
+    assert!(message(&err).contains("12h"), "{}", message(&err));
+    let messages = client
+        .simple_query("ISSUE CERTIFICATE FOR '1h'")
+        .await
+        .expect("issued");
+    let row = messages
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r),
+            _ => None,
+        })
+        .expect("a row");
+    let cert = row.get("certificate").expect("certificate");
+    let key = row.get("private_key").expect("key");
+    assert!(cert.starts_with("-----BEGIN CERTIFICATE-----"));
+    let wallet = tempfile::tempdir().expect("tempdir");
+    let cert_path = wallet.path().join("alice.crt");
+    let key_path = wallet.path().join("alice.key");
+    std::fs::write(&cert_path, cert).expect("write certificate");
+    pgward::certs::write_new(&key_path, key, 0o600).expect("write key");
+    let out = Command::new("psql")
+        .arg(format!(
+            "host=127.0.0.1 port={} user=alice dbname=clinic sslmode=verify-full sslrootcert={} sslcert={} sslkey={}",
+            proxy.port,
+            proxy.ca().display(),
+            cert_path.display(),
+            key_path.display()
+        ))
+        .args(["-X", "-w", "-At", "-c", "select current_user"])
+        .env_remove("PGPASSWORD")
+        .output()
+        .expect("psql");
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "postgres");
+    proxy.audit_stored();
+    assert!(admin_events(&proxy).contains("self_service"));
+}

@@ -511,10 +511,65 @@ impl Console {
                 self.record(&[change]).await;
                 Ok(Output::done("KILL", format!("session {session} is ending")))
             }
-            Command::IssueCertificate { .. } => Err(PgError::error(
-                SqlState::FEATURE_NOT_SUPPORTED,
-                "pgward: certificates are issued with `pgward cert issue` in this version",
-            )),
+            Command::IssueCertificate { ttl } => {
+                use crate::auth::SecondFactor;
+                // The certificate replaces password and second factor
+                // until it expires: only a login that had both may mint one.
+                if !matches!(
+                    self.person.second_factor,
+                    SecondFactor::Totp | SecondFactor::RecoveryCode
+                ) {
+                    return Err(PgError::error(
+                        SqlState::INSUFFICIENT_PRIVILEGE,
+                        "pgward: a certificate is issued only in a console session opened with password and TOTP code",
+                    )
+                    .with_hint("reconnect with the password followed by ':' and your 6-digit code"));
+                }
+                let certs = self.rt.config.certs.clone();
+                let ttl = ttl.unwrap_or(
+                    certs
+                        .person_max_ttl
+                        .min(std::time::Duration::from_secs(8 * 3600)),
+                );
+                let user = actor.user.clone();
+                let store = self.ctx.auth.store();
+                let issued = tokio::task::spawn_blocking(move || {
+                    crate::certs::client::issue_client_cert(
+                        &certs,
+                        store.as_ref(),
+                        &user,
+                        ttl,
+                        &user,
+                        false,
+                    )
+                })
+                .await
+                .map_err(|e| PgError::error(SqlState::INTERNAL_ERROR, format!("pgward: {e}")))?
+                .map_err(|e| {
+                    PgError::error(SqlState::INVALID_PARAMETER_VALUE, format!("pgward: {e}"))
+                })?;
+                let change = Change {
+                    action: "cert.issue",
+                    detail: serde_json::json!({
+                        "user": issued.user,
+                        "serial": issued.serial,
+                        "expires_at": time(issued.expires_at),
+                        "service": false,
+                        "self_service": true,
+                    }),
+                    alert: false,
+                };
+                self.record(&[change]).await;
+                Ok(Output::table(
+                    &["serial", "expires", "certificate", "private_key"],
+                    vec![vec![
+                        Some(issued.serial.clone()),
+                        time(issued.expires_at),
+                        Some(issued.pem.cert.clone()),
+                        Some(issued.pem.key.clone()),
+                    ]],
+                ))
+            }
         }
     }
 }
