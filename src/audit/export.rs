@@ -480,7 +480,7 @@ pub fn decision_str(d: Decision) -> &'static str {
 
 /// One RFC 4180 field: quoted when it holds a comma, quote, line break or
 /// surrounding space.
-fn csv_field(s: &str) -> std::borrow::Cow<'_, str> {
+pub fn csv_field(s: &str) -> std::borrow::Cow<'_, str> {
     let needs = s.contains([',', '"', '\n', '\r'])
         || s.starts_with(char::is_whitespace)
         || s.ends_with(char::is_whitespace);

@@ -1,6 +1,7 @@
 //! The `pgward` command line. Each subcommand lives in its own file; this
 //! one parses arguments, sets up logging and maps errors to exit codes.
 
+mod access;
 mod admin_event;
 mod audit;
 mod cert;
@@ -53,6 +54,9 @@ enum Command {
     /// Manage people: add, list, passwd, disable, enable, set-attr.
     #[command(subcommand)]
     User(user::UserCommand),
+    /// Access review: `access report` for recertification.
+    #[command(subcommand)]
+    Access(access::AccessCommand),
     /// Time-boxed grants: add, list, revoke.
     #[command(subcommand)]
     Grant(grant::GrantCommand),
@@ -82,6 +86,10 @@ pub fn main() -> ExitCode {
         Command::User(cmd) => {
             quiet_logging();
             user::run(cmd)
+        }
+        Command::Access(cmd) => {
+            quiet_logging();
+            access::run(cmd)
         }
         Command::Grant(cmd) => {
             quiet_logging();

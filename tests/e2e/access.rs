@@ -474,3 +474,55 @@ async fn the_console_shows_sessions_and_kills_by_right() {
     assert!(trail.contains(r#""action":"session.kill""#), "{trail}");
     assert!(trail.contains(r#""outcome":"admin_kill""#), "{trail}");
 }
+
+#[tokio::test]
+async fn the_access_report_lists_roles_grants_logins_mfa_and_unused_roles() {
+    let proxy = setup();
+    ok(&cli(
+        &proxy,
+        &[
+            "grant", "add", "bob", "--role", "admin", "--for", "1h", "--reason", "audit",
+        ],
+    ));
+    let out = proxy.user_cmd(&["mfa", "enroll", "carol"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Alice logs in as oncall; admin (assigned, grant-only) stays unused.
+    proxy.connect("alice", PASSWORD).await.expect("login");
+    proxy.audit_stored();
+    let csv = ok(&cli(
+        &proxy,
+        &["access", "report", "--format", "csv", "--unused-days", "30"],
+    ));
+    let mut lines = csv.lines();
+    assert_eq!(
+        lines.next(),
+        Some("user,status,kind,roles,active_grants,last_login,mfa,unused_30d")
+    );
+    let row = |user: &str| -> Vec<String> {
+        csv.lines()
+            .find(|l| l.starts_with(&format!("{user},")))
+            .unwrap_or_else(|| panic!("{user} in {csv}"))
+            .split(',')
+            .map(str::to_string)
+            .collect()
+    };
+    let alice = row("alice");
+    assert_eq!(alice[3], "oncall admin");
+    assert_ne!(alice[5], "never");
+    assert_eq!(alice[6], "none");
+    assert_eq!(alice[7], "admin", "oncall was used, admin was not: {csv}");
+    let bob = row("bob");
+    assert!(bob[4].starts_with("admin until "), "{csv}");
+    assert_eq!(bob[5], "never");
+    assert_eq!(bob[7], "lead");
+    assert_eq!(row("carol")[6], "enrolled");
+    let json = ok(&cli(&proxy, &["access", "report", "--format", "json"]));
+    let parsed: serde_json::Value = serde_json::from_str(&json).expect("json");
+    assert_eq!(parsed.as_array().map(Vec::len), Some(3), "{json}");
+    let trail = export(&proxy);
+    assert!(trail.contains(r#""action":"access.report""#), "{trail}");
+}
