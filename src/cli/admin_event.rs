@@ -78,32 +78,15 @@ pub(crate) fn record_best_effort(config: &Config, action: &str, detail: Value) {
 pub(crate) fn record_change(
     config: &Config,
     actor: &str,
-    action: &str,
-    mut detail: Value,
+    action: &'static str,
+    detail: Value,
 ) -> anyhow::Result<()> {
-    if let Value::Object(map) = &mut detail {
-        map.entry("operator")
-            .or_insert_with(|| Value::String(os_user()));
-    }
-    let result = AuditStore::open(&config.audit.path)
-        .map_err(anyhow::Error::from)
-        .and_then(|mut store| {
-            let key = signing_key(config, &store)?;
-            let mut event = [Event::admin(
-                &config.audit.instance_name(),
-                actor,
-                action,
-                detail.to_string(),
-            )];
-            store.append(&mut event)?;
-            store.checkpoint(&key)?;
-            Ok(())
-        });
-    result.map_err(|e| {
-        anyhow::anyhow!(
-            "the change was made but could not be recorded in the audit trail ({action}): {e:#}"
-        )
-    })
+    let change = crate::access::Change {
+        action,
+        detail,
+        alert: false,
+    };
+    record_changes(config, actor, &[change]).map_err(|e| anyhow::anyhow!("{e:#} ({action})"))
 }
 
 /// Records the changes an access action made (grants, requests,
