@@ -11,10 +11,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use criterion::{criterion_group, Criterion};
+use criterion::{criterion_group, BatchSize, Criterion};
 use pgward::audit::chain::GENESIS;
 use pgward::audit::store::next_hash;
-use pgward::audit::{Audit, Decision, Event, Kind, OnFailure, SessionInfo, WriterConfig};
+use pgward::audit::{Audit, Decision, Encoded, Event, Kind, OnFailure, SessionInfo, WriterConfig};
 
 fn statement(who: &Arc<SessionInfo>) -> Event {
     let mut e = Event::new(Kind::Statement, "bench");
@@ -44,14 +44,20 @@ fn who() -> Arc<SessionInfo> {
     })
 }
 
+/// What one event costs to encode (the session, with its facts cached)
+/// and to number and hash (the writer).
 fn encode_and_hash(c: &mut Criterion) {
     let who = who();
     let event = statement(&who);
     c.bench_function("audit/encode+hash", |b| {
-        b.iter(|| {
-            let body = event.encode();
-            next_hash(&GENESIS, &body)
-        })
+        b.iter_batched(
+            || event.clone(),
+            |e| {
+                let encoded = Encoded::new(e);
+                next_hash(&GENESIS, &encoded.numbered(1))
+            },
+            BatchSize::SmallInput,
+        )
     });
 }
 

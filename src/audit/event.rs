@@ -1,14 +1,17 @@
 //! What one audit event says, and its canonical encoding.
 //!
-//! An event is stored as the JSON text [`Event::encode`] produces — field
-//! order fixed by the struct, absent fields left out — and the hash chain
-//! covers exactly those bytes. Verification never re-encodes: old events
-//! stay verifiable when fields are added later. Session facts (who, from
+//! An event is stored as JSON text, and the hash chain covers exactly
+//! those bytes. A session encodes its event once ([`Encoded`]: fields in
+//! struct order, absent ones left out, id 0); the writer numbers that text
+//! and appends what it adds (fingerprint, relations) at the end rather
+//! than encoding the event again. Verification never re-encodes: old events
+//! stay verifiable when fields are added later, and readers decode by name,
+//! not position. Session facts (who, from
 //! where, over what) are shared by every event of a session through an
 //! `Arc`, and flattened into each event's JSON, so an exported event stands
 //! on its own.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -57,6 +60,9 @@ pub enum Decision {
 /// Facts about a session, the same for each of its events.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionInfo {
+    /// These facts encoded, once for all the session's events.
+    #[serde(skip)]
+    pub encoded: MembersCache,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -139,6 +145,50 @@ pub struct Event {
     pub detail: Option<String>,
 }
 
+/// [`SessionInfo`] as JSON object members (`"session":3,"user":"ann"`),
+/// filled on first use. A clone starts empty (the clone may be changed)
+/// and caches never make two `SessionInfo`s unequal.
+#[derive(Debug, Default)]
+pub struct MembersCache(OnceLock<Box<[u8]>>);
+
+impl Clone for MembersCache {
+    fn clone(&self) -> Self {
+        MembersCache::default()
+    }
+}
+
+impl PartialEq for MembersCache {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for MembersCache {}
+
+impl SessionInfo {
+    /// The facts as JSON object members, encoded on first use.
+    fn members(&self) -> &[u8] {
+        self.encoded.0.get_or_init(|| {
+            let object = serde_json::to_vec(self).unwrap_or_default();
+            let inner = object
+                .strip_prefix(b"{")
+                .and_then(|o| o.strip_suffix(b"}"))
+                .unwrap_or_default();
+            inner.into()
+        })
+    }
+}
+
+/// The fields every event starts with, encoded alone to find where the
+/// session's facts go.
+#[derive(Serialize)]
+struct Head<'a> {
+    id: u64,
+    time_us: i64,
+    kind: Kind,
+    instance: &'a str,
+}
+
 impl Event {
     /// An event of `kind` happening now, with nothing else filled in.
     pub fn new(kind: Kind, instance: &str) -> Event {
@@ -197,6 +247,102 @@ impl Event {
 
     pub fn database(&self) -> Option<&str> {
         self.who.as_ref().and_then(|w| w.database.as_deref())
+    }
+}
+
+/// An event with its JSON text so far: encoded once, by the session that
+/// produced it, with id 0; [`Encoded::numbered`] gives the stored text.
+#[derive(Clone, Debug)]
+pub struct Encoded {
+    pub event: Event,
+    pub body: Vec<u8>,
+}
+
+/// How every unnumbered body starts.
+const UNNUMBERED: &[u8] = br#"{"id":0,"#;
+
+impl Encoded {
+    pub fn new(mut event: Event) -> Encoded {
+        event.id = 0;
+        // The same text as `event.encode()`, with the session's facts
+        // copied in from their cached encoding rather than encoded again.
+        let Some(who) = event.who.take() else {
+            let body = event.encode();
+            return Encoded { event, body };
+        };
+        let rest = event.encode();
+        let head = serde_json::to_vec(&Head {
+            id: 0,
+            time_us: event.time_us,
+            kind: event.kind,
+            instance: &event.instance,
+        })
+        .unwrap_or_default();
+        let at = head.len().saturating_sub(1);
+        let members = who.members();
+        let body = if members.is_empty() || rest.get(..at) != head.get(..at) {
+            event.who = Some(who);
+            event.encode()
+        } else {
+            let mut body = Vec::with_capacity(rest.len() + members.len() + 1);
+            body.extend_from_slice(&rest[..at]);
+            body.push(b',');
+            body.extend_from_slice(members);
+            body.extend_from_slice(&rest[at..]);
+            event.who = Some(who);
+            body
+        };
+        Encoded { event, body }
+    }
+
+    /// A body read back (from the spool), with the event it decodes to.
+    pub fn decode(body: Vec<u8>) -> Result<Encoded, serde_json::Error> {
+        let event = Event::decode(&body)?;
+        if event.id != 0 || !body.starts_with(UNNUMBERED) {
+            // Not a body this module wrote: encode it afresh.
+            return Ok(Encoded::new(event));
+        }
+        Ok(Encoded { event, body })
+    }
+
+    /// Sets a field the event did not have when it was encoded, in the
+    /// event and at the end of the body.
+    pub fn add(&mut self, key: &str, value: &impl Serialize) {
+        if self.body.pop() != Some(b'}') {
+            // Not an object: cannot happen for a body `new` made.
+            return;
+        }
+        self.body.extend_from_slice(b",\"");
+        self.body.extend_from_slice(key.as_bytes());
+        self.body.extend_from_slice(b"\":");
+        // Strings and lists of strings cannot fail to serialize.
+        let _ = serde_json::to_writer(&mut self.body, value);
+        self.body.push(b'}');
+    }
+
+    /// Sets the fingerprint the writer computed.
+    pub fn set_fingerprint(&mut self, fingerprint: String) {
+        self.add("fingerprint", &fingerprint);
+        self.event.fingerprint = Some(fingerprint);
+    }
+
+    /// Sets the relations the writer found.
+    pub fn set_relations(&mut self, relations: Vec<String>) {
+        if !relations.is_empty() {
+            self.add("relations", &relations);
+        }
+        self.event.relations = relations;
+    }
+
+    /// The stored text of this event as number `id`.
+    pub fn numbered(&self, id: u64) -> Vec<u8> {
+        let rest = &self.body[UNNUMBERED.len() - 1..];
+        let mut out = Vec::with_capacity(self.body.len() + 20);
+        out.extend_from_slice(br#"{"id":"#);
+        // Writing to a Vec cannot fail.
+        let _ = std::io::Write::write_fmt(&mut out, format_args!("{id}"));
+        out.extend_from_slice(rest);
+        out
     }
 }
 
@@ -271,6 +417,60 @@ mod tests {
         let back = Event::decode(&body).unwrap();
         assert_eq!(back.encode(), body);
         assert_eq!(back.user(), Some("ann"));
+    }
+
+    #[test]
+    fn an_encoded_event_is_numbered_and_extended_without_encoding_again() {
+        let mut e = Event::new(Kind::Statement, "pgward-1");
+        e.id = 99;
+        e.time_us = 1_700_000_000_000_001;
+        e.text = Some("SELECT \"x\" FROM t WHERE a = 'b'".into());
+        e.rows = Some(1);
+        let mut enc = Encoded::new(e);
+        enc.set_fingerprint("SELECT \"x\" FROM t WHERE a = ?".into());
+        enc.set_relations(vec!["public.t".into()]);
+        let body = enc.numbered(12);
+        assert_eq!(
+            String::from_utf8(body.clone()).unwrap(),
+            r#"{"id":12,"time_us":1700000000000001,"kind":"statement","instance":"pgward-1","text":"SELECT \"x\" FROM t WHERE a = 'b'","rows":1,"fingerprint":"SELECT \"x\" FROM t WHERE a = ?","relations":["public.t"]}"#
+        );
+        let back = Event::decode(&body).unwrap();
+        assert_eq!(back.id, 12);
+        assert_eq!(back.fingerprint, enc.event.fingerprint);
+        assert_eq!(back.relations, ["public.t"]);
+        // A body from elsewhere (numbered already) is encoded afresh.
+        let again = Encoded::decode(body).unwrap();
+        assert_eq!(again.event.id, 0);
+        assert!(again.body.starts_with(UNNUMBERED));
+    }
+
+    #[test]
+    fn the_cached_session_facts_encode_exactly_as_serde_does() {
+        let who = Arc::new(SessionInfo {
+            session: Some(3),
+            user: Some("ann \"the\" admin".into()),
+            role: Some("dba".into()),
+            via: Some("grant 7".into()),
+            client_addr: Some("10.0.0.1:5000".into()),
+            database: Some("clinic".into()),
+            ..SessionInfo::default()
+        });
+        let mut full = Event::new(Kind::Statement, "pgward \u{e9}");
+        full.who = Some(Arc::clone(&who));
+        full.class = Some("read".into());
+        full.text = Some("SELECT 'x\n'".into());
+        full.relations = vec!["public.t".into()];
+        full.rows = Some(2);
+        let bare = Event::new(Kind::Login, "i");
+        let mut empty_who = Event::new(Kind::Admin, "i");
+        empty_who.who = Some(Arc::new(SessionInfo::default()));
+        for e in [full.clone(), full, bare, empty_who] {
+            let want = serde_json::to_vec(&e).unwrap();
+            assert_eq!(
+                String::from_utf8(Encoded::new(e).body).unwrap(),
+                String::from_utf8(want).unwrap()
+            );
+        }
     }
 
     #[test]

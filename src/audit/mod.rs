@@ -21,5 +21,5 @@ pub mod store;
 pub mod verify;
 pub mod writer;
 
-pub use event::{Analysis, Decision, Event, Kind, SessionInfo};
+pub use event::{Analysis, Decision, Encoded, Event, Kind, SessionInfo};
 pub use writer::{Audit, OnFailure, Slot, Unavailable, WriterConfig};

@@ -14,7 +14,7 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use super::chain::{link, Checkpoint, Hash, SigningKey};
-use super::event::Event;
+use super::event::{Encoded, Event};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditStoreError {
@@ -281,14 +281,20 @@ impl AuditStore {
     /// Appends `events` in one transaction, assigning ids and extending the
     /// chain. Returns the new head.
     pub fn append(&mut self, events: &mut [Event]) -> Result<(u64, Hash), AuditStoreError> {
-        self.append_spooled(events, None)
+        let mut encoded: Vec<Encoded> = events.iter().cloned().map(Encoded::new).collect();
+        let head = self.append_encoded(&mut encoded, None)?;
+        for (e, stored) in events.iter_mut().zip(&encoded) {
+            e.id = stored.event.id;
+        }
+        Ok(head)
     }
 
-    /// [`AuditStore::append`], also recording in the same transaction that
-    /// every spooled event through `spool_mark` is now stored.
-    pub fn append_spooled(
+    /// [`AuditStore::append`] for events encoded already, also recording
+    /// in the same transaction that every spooled event through
+    /// `spool_mark` is now stored.
+    pub fn append_encoded(
         &mut self,
-        events: &mut [Event],
+        events: &mut [Encoded],
         spool_mark: Option<u64>,
     ) -> Result<(u64, Hash), AuditStoreError> {
         let tx = self
@@ -311,18 +317,20 @@ impl AuditStore {
         Ok(seq.max(0) as u64)
     }
 
-    /// [`AuditStore::append`] inside a write transaction the caller holds.
-    fn append_in(tx: &Connection, events: &mut [Event]) -> Result<(u64, Hash), AuditStoreError> {
+    /// [`AuditStore::append_encoded`] inside a write transaction the caller
+    /// holds.
+    fn append_in(tx: &Connection, events: &mut [Encoded]) -> Result<(u64, Hash), AuditStoreError> {
         let (mut id, mut hash) = Self::head_in(tx)?;
         {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO events (id, time_us, kind, user, database, class, relations, body, hash)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?;
-            for event in events.iter_mut() {
+            for stored in events.iter_mut() {
                 id += 1;
+                let body = stored.numbered(id);
+                let event = &mut stored.event;
                 event.id = id;
-                let body = event.encode();
                 hash = next_hash(&hash, &body);
                 let relations = (!event.relations.is_empty()).then(|| event.relations.join(" "));
                 insert.execute(params![
@@ -410,7 +418,9 @@ impl AuditStore {
             }
         }
         if let Some(record) = record {
-            Self::append_in(&tx, std::slice::from_mut(record))?;
+            let mut encoded = [Encoded::new(record.clone())];
+            Self::append_in(&tx, &mut encoded)?;
+            record.id = encoded[0].event.id;
         }
         let deleted = tx.execute("DELETE FROM events WHERE id <= ?1", [to_id])?;
         if deleted as u64 != to.0 - from.0 {

@@ -30,7 +30,7 @@ use tokio::sync::oneshot;
 
 use super::alerts::{AlertRules, Alerter};
 use super::chain::SigningKey;
-use super::event::Event;
+use super::event::{Encoded, Event};
 use super::fingerprint::{fingerprint, Relations};
 use super::spool::{self, Recovery, Spool};
 use super::store::AuditStore;
@@ -70,7 +70,7 @@ enum Job {
     /// An event; its commit acknowledged to `ack`, or already spooled with
     /// this sequence number.
     Event {
-        event: Box<Event>,
+        event: Box<Encoded>,
         ack: Option<oneshot::Sender<()>>,
         spooled: Option<u64>,
     },
@@ -83,7 +83,7 @@ enum Job {
 /// With the spool, how long the writer gathers events into one commit:
 /// they are safe already, and a commit per statement would take CPU the
 /// sessions need. Bounds how far the store (and sinks) lag behind.
-const SPOOL_LINGER: Duration = Duration::from_millis(5);
+const SPOOL_LINGER: Duration = Duration::from_millis(50);
 
 /// Writer settings.
 #[derive(Clone, Debug)]
@@ -281,9 +281,10 @@ impl Audit {
     /// it is committed. `None` too when the slot was a `continue` pass.
     pub fn send(&self, mut slot: Slot, event: Event) -> Option<oneshot::Receiver<()>> {
         let reserved = slot.reserved.take()?;
-        let event = Box::new(event);
+        // Encoded once, here; the writer numbers and stores this text.
+        let event = Box::new(Encoded::new(event));
         if let Some(spool) = &self.spool {
-            match spool.append(&event.encode()) {
+            match spool.append(&event.body) {
                 Ok(spooled) => {
                     let job = Job::Event {
                         event,
@@ -370,7 +371,7 @@ fn write_loop(
     spool: Arc<Spool>,
     linger: Duration,
 ) {
-    let mut events: Vec<Event> = Vec::with_capacity(batch_max);
+    let mut events: Vec<Encoded> = Vec::with_capacity(batch_max);
     let mut acks: Vec<oneshot::Sender<()>> = Vec::with_capacity(batch_max);
     let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
     let mut last_checkpoint = Instant::now();
@@ -482,8 +483,13 @@ fn recover(
         } else {
             tracing::error!("{detail}");
         }
-        events.push(Event::admin(instance, "pgward", "audit.recover", detail));
-        store.append_spooled(&mut events, Some(recovery.last_seq))?;
+        events.push(Encoded::new(Event::admin(
+            instance,
+            "pgward",
+            "audit.recover",
+            detail,
+        )));
+        store.append_encoded(&mut events, Some(recovery.last_seq))?;
         counters.recovered.fetch_add(n as u64, Ordering::Relaxed);
         counters
             .stored
@@ -495,7 +501,7 @@ fn recover(
 /// What the writer adds to a batch before storing it: fingerprints and
 /// relations, then the alerts the rules raise, each after its cause.
 fn complete(
-    events: &mut Vec<Event>,
+    events: &mut Vec<Encoded>,
     relations: &mut Relations,
     alerter: &mut Alerter,
     counters: &Counters,
@@ -511,29 +517,38 @@ fn complete(
 
 /// Fills in the fingerprint and, for statements pgward did not analyze,
 /// the relations they name.
-fn enrich(e: &mut Event, relations: &mut Relations) {
-    let Some(text) = e.text.as_deref() else {
+fn enrich(e: &mut Encoded, relations: &mut Relations) {
+    let event = &e.event;
+    let Some(text) = event.text.as_deref() else {
         return;
     };
-    let fp = match e.fingerprint.take() {
-        Some(fp) => fp,
-        None => fingerprint(text),
-    };
-    if e.relations.is_empty() && e.decision != Some(super::event::Decision::Denied) {
-        e.relations = relations.of(&fp, text);
+    let fp = event.fingerprint.is_none().then(|| fingerprint(text));
+    let found = (event.relations.is_empty()
+        && event.decision != Some(super::event::Decision::Denied))
+    .then(|| {
+        let fp = fp
+            .as_deref()
+            .or(event.fingerprint.as_deref())
+            .unwrap_or(text);
+        relations.of(fp, text)
+    });
+    if let Some(fp) = fp {
+        e.set_fingerprint(fp);
     }
-    e.fingerprint = Some(fp);
+    if let Some(found) = found {
+        e.set_relations(found);
+    }
 }
 
 /// Runs the batch through the alert rules and places each alert right
 /// after the event that raised it. Returns how many were raised.
-fn raise_alerts(alerter: &mut Alerter, events: &mut Vec<Event>) -> u64 {
+fn raise_alerts(alerter: &mut Alerter, events: &mut Vec<Encoded>) -> u64 {
     let mut raised = Vec::new();
     // (index of the cause, alerts it raised)
     let mut causes = Vec::new();
     for (i, e) in events.iter().enumerate() {
         let before = raised.len();
-        alerter.observe(e, &mut raised);
+        alerter.observe(&e.event, &mut raised);
         if raised.len() > before {
             causes.push((i, raised.len() - before));
         }
@@ -543,7 +558,7 @@ fn raise_alerts(alerter: &mut Alerter, events: &mut Vec<Event>) -> u64 {
     }
     let count = raised.len() as u64;
     let mut merged = Vec::with_capacity(events.len() + raised.len());
-    let mut raised = raised.into_iter();
+    let mut raised = raised.into_iter().map(Encoded::new);
     let mut causes = causes.into_iter().peekable();
     for (i, e) in events.drain(..).enumerate() {
         merged.push(e);
@@ -584,14 +599,14 @@ fn merge_loop(store: AuditStore, stopped: Arc<AtomicBool>) {
 /// here. While it fails, `failing` makes new statements wait or refuse.
 fn store_batch(
     store: &mut AuditStore,
-    events: &mut Vec<Event>,
+    events: &mut Vec<Encoded>,
     spool_mark: Option<u64>,
     failing: &AtomicBool,
     counters: &Counters,
 ) {
     let mut backoff = Duration::from_millis(10);
     loop {
-        match store.append_spooled(events, spool_mark) {
+        match store.append_encoded(events, spool_mark) {
             Ok(_) => {
                 if failing.swap(false, Ordering::AcqRel) {
                     tracing::warn!("audit store recovered");
@@ -693,7 +708,7 @@ mod tests {
         for text in ["SELECT 'lost 1'", "SELECT 'lost 2'"] {
             let mut e = Event::new(Kind::Statement, "test");
             e.text = Some(text.into());
-            drop(spool.append(&e.encode()).unwrap());
+            drop(spool.append(&Encoded::new(e).body).unwrap());
         }
         drop(spool);
 
