@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod net;
 pub mod pgcluster;
 pub mod policy;
+pub mod private_file;
 pub mod server;
 pub mod session;
 pub mod sql;

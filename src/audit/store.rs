@@ -20,6 +20,9 @@ use super::event::{Encoded, Event};
 pub enum AuditStoreError {
     #[error("audit store: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// The file cannot be created or made private.
+    #[error("audit store: {0}")]
+    File(#[from] std::io::Error),
     #[error("audit store schema version {0} is newer than this pgward understands")]
     TooNew(i64),
     #[error("audit store: {0}")]
@@ -186,6 +189,7 @@ impl AuditStore {
         if let Some(dir) = path.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
+        crate::private_file::prepare(path)?;
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;

@@ -250,6 +250,12 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+        let store = fs::metadata(dir.join("pgward.db")).unwrap().permissions();
+        assert_eq!(
+            store.mode() & 0o777,
+            0o600,
+            "password hashes and TOTP secrets"
+        );
         assert!(init(&opts).is_err(), "refuses to overwrite");
     }
 }

@@ -27,6 +27,9 @@ pub enum StoreError {
     NoSuchUser(String),
     #[error("store: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// The file cannot be created or made private.
+    #[error("store: {0}")]
+    File(#[from] std::io::Error),
     #[error("store schema version {found} is newer than this pgward understands ({known})")]
     TooNew { found: i64, known: i64 },
     #[error("store: corrupt record: {0}")]

@@ -31,6 +31,7 @@ pub(super) fn from_micros(us: i64) -> SystemTime {
 impl SqliteStore {
     /// Opens (creating if needed) and migrates the store at `path`.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        crate::private_file::prepare(path)?;
         let conn = Connection::open(path)?;
         Self::init(conn)
     }
