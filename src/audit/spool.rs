@@ -365,27 +365,27 @@ mod tests {
         assert_eq!(texts(&r), ["next"]);
     }
 
-    /// Where the written part of segment 1 ends, after records of `bodies`.
-    fn end_of(bodies: &[&[u8]]) -> usize {
-        MAGIC.len()
-            + bodies
-                .iter()
-                .map(|b| RECORD_HEADER + b.len())
-                .sum::<usize>()
+    /// A spool holding events `a` and `b` in its first segment, closed:
+    /// the directory, that segment, and where its written part ends.
+    fn two_spooled(a: &str, b: &str) -> (tempfile::TempDir, PathBuf, usize) {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Recovery::open(dir.path(), 0).unwrap().into_spool().unwrap();
+        let mut end = MAGIC.len();
+        for text in [a, b] {
+            let body = event(text);
+            spool.append(&body).unwrap();
+            end += RECORD_HEADER + body.len();
+        }
+        drop(spool);
+        let seg = dir.path().join(segment_name(1));
+        (dir, seg, end)
     }
 
     #[test]
     fn a_torn_tail_ends_the_segment_and_is_reported() {
-        let dir = tempfile::tempdir().unwrap();
-        let spool = Recovery::open(dir.path(), 0).unwrap().into_spool().unwrap();
-        let (whole, torn) = (event("whole"), event("torn"));
-        spool.append(&whole).unwrap();
-        spool.append(&torn).unwrap();
-        drop(spool);
+        let (dir, seg, end) = two_spooled("whole", "torn");
         // A copy cut short: the last bytes of the body never arrived.
-        let seg = dir.path().join(segment_name(1));
         let mut data = fs::read(&seg).unwrap();
-        let end = end_of(&[&whole, &torn]);
         data[end - 3..end].fill(0);
         fs::write(&seg, data).unwrap();
         let r = Recovery::open(dir.path(), 0).unwrap();
@@ -396,15 +396,9 @@ mod tests {
 
     #[test]
     fn a_segment_cut_short_ends_where_it_ends() {
-        let dir = tempfile::tempdir().unwrap();
-        let spool = Recovery::open(dir.path(), 0).unwrap().into_spool().unwrap();
-        let (whole, torn) = (event("whole"), event("torn"));
-        spool.append(&whole).unwrap();
-        spool.append(&torn).unwrap();
-        drop(spool);
-        let seg = dir.path().join(segment_name(1));
+        let (dir, seg, end) = two_spooled("whole", "torn");
         let f = OpenOptions::new().write(true).open(&seg).unwrap();
-        f.set_len((end_of(&[&whole, &torn]) - 3) as u64).unwrap();
+        f.set_len((end - 3) as u64).unwrap();
         let r = Recovery::open(dir.path(), 0).unwrap();
         assert_eq!(texts(&r), ["whole"]);
         assert!(r.damaged[0].contains("torn"), "{:?}", r.damaged);
@@ -412,15 +406,9 @@ mod tests {
 
     #[test]
     fn a_flipped_byte_is_caught_by_the_checksum() {
-        let dir = tempfile::tempdir().unwrap();
-        let spool = Recovery::open(dir.path(), 0).unwrap().into_spool().unwrap();
-        let (first, second) = (event("first"), event("second"));
-        spool.append(&first).unwrap();
-        spool.append(&second).unwrap();
-        drop(spool);
-        let seg = dir.path().join(segment_name(1));
+        let (dir, seg, end) = two_spooled("first", "second");
         let mut data = fs::read(&seg).unwrap();
-        let at = end_of(&[&first, &second]) - 5;
+        let at = end - 5;
         data[at] ^= 0x20;
         fs::write(&seg, data).unwrap();
         let r = Recovery::open(dir.path(), 0).unwrap();
