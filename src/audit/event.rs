@@ -280,18 +280,23 @@ impl Encoded {
         .unwrap_or_default();
         let at = head.len().saturating_sub(1);
         let members = who.members();
-        let body = if members.is_empty() || rest.get(..at) != head.get(..at) {
-            event.who = Some(who);
-            event.encode()
-        } else {
+        let body = if members.is_empty() {
+            // No facts to add: `rest` is the whole encoding.
+            rest
+        } else if rest.get(..at) == head.get(..at) {
             let mut body = Vec::with_capacity(rest.len() + members.len() + 1);
             body.extend_from_slice(&rest[..at]);
             body.push(b',');
             body.extend_from_slice(members);
             body.extend_from_slice(&rest[at..]);
-            event.who = Some(who);
             body
+        } else {
+            // Cannot happen (every event starts with these fields); the
+            // plain encoding is always right.
+            event.who = Some(Arc::clone(&who));
+            event.encode()
         };
+        event.who = Some(who);
         Encoded { event, body }
     }
 
