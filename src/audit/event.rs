@@ -6,7 +6,8 @@
 //! and appends what it adds (fingerprint, relations) at the end rather
 //! than encoding the event again. Verification never re-encodes: old events
 //! stay verifiable when fields are added later, and readers decode by name,
-//! not position. Session facts (who, from
+//! not position. The text is written by [`encode`](super::encode), not
+//! serde, for speed; it is byte-identical to serde's. Session facts (who, from
 //! where, over what) are shared by every event of a session through an
 //! `Arc`, and flattened into each event's JSON, so an exported event stands
 //! on its own.
@@ -179,16 +180,6 @@ impl SessionInfo {
     }
 }
 
-/// The fields every event starts with, encoded alone to find where the
-/// session's facts go.
-#[derive(Serialize)]
-struct Head<'a> {
-    id: u64,
-    time_us: i64,
-    kind: Kind,
-    instance: &'a str,
-}
-
 impl Event {
     /// An event of `kind` happening now, with nothing else filled in.
     pub fn new(kind: Kind, instance: &str) -> Event {
@@ -264,39 +255,13 @@ const UNNUMBERED: &[u8] = br#"{"id":0,"#;
 impl Encoded {
     pub fn new(mut event: Event) -> Encoded {
         event.id = 0;
-        // The same text as `event.encode()`, with the session's facts
-        // copied in from their cached encoding rather than encoded again.
-        let Some(who) = event.who.take() else {
-            let body = event.encode();
-            return Encoded { event, body };
-        };
-        let rest = event.encode();
-        let head = serde_json::to_vec(&Head {
-            id: 0,
-            time_us: event.time_us,
-            kind: event.kind,
-            instance: &event.instance,
-        })
-        .unwrap_or_default();
-        let at = head.len().saturating_sub(1);
-        let members = who.members();
-        let body = if members.is_empty() {
-            // No facts to add: `rest` is the whole encoding.
-            rest
-        } else if rest.get(..at) == head.get(..at) {
-            let mut body = Vec::with_capacity(rest.len() + members.len() + 1);
-            body.extend_from_slice(&rest[..at]);
-            body.push(b',');
-            body.extend_from_slice(members);
-            body.extend_from_slice(&rest[at..]);
-            body
-        } else {
-            // Cannot happen (every event starts with these fields); the
-            // plain encoding is always right.
-            event.who = Some(Arc::clone(&who));
-            event.encode()
-        };
-        event.who = Some(who);
+        // The same text as `event.encode()`, written directly, with the
+        // session's facts copied in from their cached encoding.
+        let who = event.who.take();
+        let facts = who.as_deref().map_or(&[][..], SessionInfo::members);
+        let mut body = Vec::new();
+        super::encode::write_event(&mut body, &event, facts);
+        event.who = who;
         Encoded { event, body }
     }
 

@@ -10,6 +10,7 @@
 
 pub mod alerts;
 pub mod chain;
+mod encode;
 pub mod event;
 pub mod export;
 pub mod fingerprint;
