@@ -5,8 +5,17 @@
 //! head inside the transaction, so the proxy's writer and a CLI command
 //! (an admin event) can both extend the one chain safely. The indexed
 //! columns (`time_us`, `kind`, `user`, `database`, `class`, `relations`)
-//! are copies of fields of the body for fast filtering; verification checks
-//! they still agree with it.
+//! are copies of fields of the body for filtering without decoding bodies;
+//! verification checks they still agree with it.
+//!
+//! Events have no secondary indexes: keeping two B-trees in step cost the
+//! writer about a third of its time per event, and every reader scans an
+//! id range anyway (a provable export reads every event from its first
+//! match to the end). What a time index gave — where `--since` starts — a
+//! *time mark* per append gives instead: the last id of the append and the
+//! latest event time up to it (a running maximum, so the marks rise with
+//! the ids). Events up to a mark earlier than `since` are all earlier, so a
+//! reader starts after it. Verification checks no mark understates.
 
 use std::path::Path;
 use std::time::Duration;
@@ -62,6 +71,19 @@ const MIGRATIONS: &[&str] = &[
         seq  INTEGER NOT NULL
     );
     INSERT INTO spool_mark VALUES (1, 0);",
+    // 3: time marks instead of per-event indexes (see the module docs),
+    // one per 1024 events already stored and one at the last.
+    "DROP INDEX events_time;
+    DROP INDEX events_user;
+    CREATE TABLE time_marks (
+        last_id  INTEGER PRIMARY KEY,
+        max_time INTEGER NOT NULL
+    );
+    INSERT INTO time_marks (last_id, max_time)
+        SELECT id, latest FROM (
+            SELECT id, max(time_us) OVER (ORDER BY id) AS latest FROM events
+        )
+        WHERE id % 1024 = 0 OR id = (SELECT max(id) FROM events);",
 ];
 
 /// One stored event, as read back.
@@ -325,6 +347,10 @@ impl AuditStore {
     /// holds.
     fn append_in(tx: &Connection, events: &mut [Encoded]) -> Result<(u64, Hash), AuditStoreError> {
         let (mut id, mut hash) = Self::head_in(tx)?;
+        let mut latest: Option<i64> = tx
+            .prepare_cached("SELECT max_time FROM time_marks ORDER BY last_id DESC LIMIT 1")?
+            .query_row([], |r| r.get(0))
+            .optional()?;
         {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO events (id, time_us, kind, user, database, class, relations, body, hash)
@@ -336,6 +362,7 @@ impl AuditStore {
                 let event = &mut stored.event;
                 event.id = id;
                 hash = next_hash(&hash, &body);
+                latest = Some(latest.map_or(event.time_us, |t| t.max(event.time_us)));
                 let relations = (!event.relations.is_empty()).then(|| event.relations.join(" "));
                 insert.execute(params![
                     id as i64,
@@ -349,6 +376,10 @@ impl AuditStore {
                     &hash[..],
                 ])?;
             }
+        }
+        if let (false, Some(latest)) = (events.is_empty(), latest) {
+            tx.prepare_cached("INSERT INTO time_marks (last_id, max_time) VALUES (?1, ?2)")?
+                .execute(params![id as i64, latest])?;
         }
         Ok((id, hash))
     }
@@ -436,6 +467,7 @@ impl AuditStore {
             )));
         }
         tx.execute("DELETE FROM checkpoints WHERE last_id < ?1", [to_id])?;
+        tx.execute("DELETE FROM time_marks WHERE last_id < ?1", [to_id])?;
         tx.execute(
             "UPDATE chain_base SET base_id = ?1, base_hash = ?2",
             params![to_id, &to.1[..]],
@@ -505,15 +537,18 @@ impl AuditStore {
         Ok(())
     }
 
-    /// The id of the first event at or after `since_us` (for exports that
-    /// start at a time), if any.
+    /// Where a reader of events at or after `since_us` starts: an id no
+    /// later than the first such event, from the time marks. `None` when
+    /// no stored event is that late.
     pub fn first_id_since(&self, since_us: i64) -> Result<Option<u64>, AuditStoreError> {
-        let id: Option<i64> = self.conn.query_row(
-            "SELECT min(id) FROM events WHERE time_us >= ?1",
+        let (last_id, _) = self.head()?;
+        let before: Option<i64> = self.conn.query_row(
+            "SELECT max(last_id) FROM time_marks WHERE max_time < ?1",
             [since_us],
             |r| r.get(0),
         )?;
-        Ok(id.map(|i| i as u64))
+        let start = before.map_or(0, |id| id.max(0) as u64) + 1;
+        Ok((start <= last_id).then_some(start))
     }
 
     pub fn count(&self) -> Result<u64, AuditStoreError> {
@@ -567,6 +602,90 @@ mod tests {
         assert_eq!(cp.last_id, 3);
         assert!(cp.verify(key.public_key()));
         assert!(store.checkpoint(&key).unwrap().is_none(), "already covered");
+    }
+
+    #[test]
+    fn readers_from_a_time_start_no_later_than_its_first_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = AuditStore::open(&dir.path().join("audit.db")).unwrap();
+        // Appends of (times): ids 1-2, 3-4, 5-6. Event 4 is late (a long
+        // statement), event 5 earlier than it.
+        for times in [[10, 20], [30, 90], [40, 100]] {
+            let mut events: Vec<Event> = times
+                .iter()
+                .map(|&t| {
+                    let mut e = Event::new(Kind::Login, "t");
+                    e.time_us = t;
+                    e
+                })
+                .collect();
+            store.append(&mut events).unwrap();
+        }
+        let marks: Vec<(i64, i64)> = store
+            .connection()
+            .prepare("SELECT last_id, max_time FROM time_marks ORDER BY last_id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(marks, [(2, 20), (4, 90), (6, 100)], "a running maximum");
+        for (since, start) in [(0, Some(1)), (20, Some(1)), (21, Some(3)), (40, Some(3))] {
+            assert_eq!(store.first_id_since(since).unwrap(), start, "since {since}");
+        }
+        // Only event 6 (at 100) is that late; the start, 5, is before it.
+        assert_eq!(store.first_id_since(91).unwrap(), Some(5));
+        assert_eq!(
+            store.first_id_since(101).unwrap(),
+            None,
+            "nothing that late"
+        );
+    }
+
+    #[test]
+    fn a_store_from_before_time_marks_gets_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.db");
+        let mut store = AuditStore::open(&path).unwrap();
+        let mut events: Vec<Event> = (0..1030)
+            .map(|i| {
+                let mut e = Event::new(Kind::Login, "t");
+                e.time_us = i;
+                e
+            })
+            .collect();
+        store.append(&mut events).unwrap();
+        // Back to schema 2: per-event indexes, no marks.
+        store
+            .connection()
+            .execute_batch(
+                "DROP TABLE time_marks;
+                 CREATE INDEX events_time ON events(time_us);
+                 CREATE INDEX events_user ON events(user, time_us);
+                 PRAGMA user_version = 2;",
+            )
+            .unwrap();
+        drop(store);
+        let store = AuditStore::open(&path).unwrap();
+        let marks: Vec<(i64, i64)> = store
+            .connection()
+            .prepare("SELECT last_id, max_time FROM time_marks ORDER BY last_id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(marks, [(1024, 1023), (1030, 1029)]);
+        let indexes: i64 = store
+            .connection()
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(indexes, 0);
+        assert_eq!(store.first_id_since(1024).unwrap(), Some(1025));
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! it re-derives every hash from the stored bytes (never re-encoding an
 //! event, so old events stay verifiable), checks the indexed columns
 //! against the body they were copied from (filters and exports trust
-//! them), and checks each checkpoint's signature and head. It stops at the
+//! them) and the time marks exports start from, and checks each
+//! checkpoint's signature and head. It stops at the
 //! first problem and names the event, because "event 4711 was changed" is
 //! what an investigator needs; later damage is usually a consequence.
 //!
@@ -268,6 +269,9 @@ fn walk_store(
          FROM events WHERE id > ?1 ORDER BY id",
     )?;
     let mut ev_rows = ev_stmt.query([base_id as i64])?;
+    let mut mark_stmt = conn
+        .prepare("SELECT last_id, max_time FROM time_marks WHERE last_id > ?1 ORDER BY last_id")?;
+    let mut marks = TimeMarks::new(mark_stmt.query([base_id as i64])?)?;
     let mut prev_id = base_id;
     let mut hash = base_hash;
     let mut events = 0u64;
@@ -286,6 +290,7 @@ fn walk_store(
         }
         let (next, event) = check_event(r, id, &hash)?;
         hash = next;
+        marks.check_through(id, event.time_us)?;
         if let Some(record) = PruneRecord::of(&event) {
             last_prune = Some((id, record));
         }
@@ -329,6 +334,7 @@ fn walk_store(
         ));
     }
 
+    marks.check_end(prev_id)?;
     check_base_recorded(base_id, last_prune.as_ref())?;
     let signed_to = last_cp.map_or(base_id, |(c, _)| c.max(base_id));
     Ok(StoreSummary {
@@ -340,6 +346,79 @@ fn walk_store(
         unsigned: prev_id.saturating_sub(signed_to),
         pruned_by: last_prune.filter(|_| base_id > 0).map(|(id, _)| id),
     })
+}
+
+/// The store's time marks, read alongside the events: each must be at a
+/// stored event and no earlier than every event time up to it, or a
+/// reader starting from a time (`export --since`) could pass over events.
+struct TimeMarks<'a> {
+    rows: rusqlite::Rows<'a>,
+    next: Option<(u64, i64)>,
+    /// The latest event time so far, and its event.
+    latest: Option<(i64, u64)>,
+}
+
+impl<'a> TimeMarks<'a> {
+    fn new(mut rows: rusqlite::Rows<'a>) -> Result<Self, Stop<AuditStoreError>> {
+        let next = Self::read(&mut rows)?;
+        Ok(TimeMarks {
+            rows,
+            next,
+            latest: None,
+        })
+    }
+
+    fn read(rows: &mut rusqlite::Rows<'a>) -> Result<Option<(u64, i64)>, Stop<AuditStoreError>> {
+        let Some(r) = rows.next()? else {
+            return Ok(None);
+        };
+        let id = r.get::<_, i64>(0)?.max(0) as u64;
+        match r.get_ref(1)? {
+            ValueRef::Integer(t) => Ok(Some((id, t))),
+            other => Err(fail(
+                Some(id),
+                format!(
+                    "the time mark at event {id} was changed: its time is {}, not a number",
+                    show(&Value::from(other))
+                ),
+            )),
+        }
+    }
+
+    /// Event `id`, at `time_us`, was read (ids in order, none missing).
+    fn check_through(&mut self, id: u64, time_us: i64) -> Result<(), Stop<AuditStoreError>> {
+        if self.latest.map_or(true, |(t, _)| time_us > t) {
+            self.latest = Some((time_us, id));
+        }
+        while let Some((at, max_time)) = self.next.filter(|(at, _)| *at <= id) {
+            if let Some((t, by)) = self.latest.filter(|(t, _)| max_time < *t) {
+                return Err(fail(
+                    Some(at),
+                    format!(
+                        "the time mark at event {at} was changed: it says no event through {at} is later than {}, but event {by} is at {}; an export from a time could leave out events",
+                        format_time(max_time),
+                        format_time(t)
+                    ),
+                ));
+            }
+            self.next = Self::read(&mut self.rows)?;
+        }
+        Ok(())
+    }
+
+    /// The store ends at `last_id`: no mark may lie beyond it.
+    fn check_end(&mut self, last_id: u64) -> Result<(), Stop<AuditStoreError>> {
+        match self.next {
+            Some((at, _)) => Err(fail(
+                Some(last_id + 1),
+                format!(
+                    "events {}..={at} were deleted from the end: a time mark was written at event {at}, but the store ends at event {last_id}",
+                    last_id + 1
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Checks where the stored chain starts: at 0 it chains from [`GENESIS`];
@@ -914,6 +993,39 @@ pub(crate) mod tests {
             "{f}"
         );
         assert!(f.message.contains("store ends at event 35"), "{f}");
+    }
+
+    #[test]
+    fn an_understated_time_mark_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, key) = fifty(dir.path());
+        // Events 21..=30 were one append, marked at 30 with event 30's time.
+        exec(
+            &store,
+            "UPDATE time_marks SET max_time = max_time - 5000000 WHERE last_id = 30",
+        );
+        let f = failure(&store, &key);
+        assert_eq!(f.event, Some(30));
+        assert!(
+            f.message.contains("time mark at event 30 was changed"),
+            "{f}"
+        );
+        assert!(f.message.contains("event 30 is at"), "{f}");
+    }
+
+    #[test]
+    fn a_time_mark_past_the_end_names_the_cut_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, key) = fifty(dir.path());
+        // Events 46..=50 are after the last checkpoint; the mark at 50 remains.
+        exec(&store, "DELETE FROM events WHERE id > 45");
+        let f = failure(&store, &key);
+        assert_eq!(f.event, Some(46));
+        assert!(
+            f.message
+                .contains("events 46..=50 were deleted from the end"),
+            "{f}"
+        );
     }
 
     #[test]

@@ -64,10 +64,17 @@ fn used_roles(config: &Config, since_us: i64) -> anyhow::Result<BTreeSet<(String
         return Ok(used);
     }
     let store = AuditStore::open_read_only(&config.audit.path)?;
+    let Some(from) = store.first_id_since(since_us)? else {
+        return Ok(used);
+    };
     let mut stmt = store
         .connection()
-        .prepare("SELECT body FROM events WHERE kind = ?1 AND time_us >= ?2")?;
-    let mut rows = stmt.query(rusqlite::params![Kind::Login.as_str(), since_us])?;
+        .prepare("SELECT body FROM events WHERE id >= ?1 AND kind = ?2 AND time_us >= ?3")?;
+    let mut rows = stmt.query(rusqlite::params![
+        from as i64,
+        Kind::Login.as_str(),
+        since_us
+    ])?;
     while let Some(row) = rows.next()? {
         let body: Vec<u8> = row.get(0)?;
         // A damaged row is `audit verify`'s business; the report skips it.

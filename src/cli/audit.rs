@@ -556,9 +556,17 @@ fn last_matches(store: &AuditStore, filter: &Filter, n: usize) -> anyhow::Result
     if n == 0 {
         return Ok(ids);
     }
+    // Time marks bound where events after `since` can start.
+    let from = match filter.since_us {
+        Some(since) => match store.first_id_since(since)? {
+            Some(id) => id,
+            None => return Ok(ids),
+        },
+        None => 0,
+    };
     let mut stmt = store.connection().prepare(&format!(
         "{SELECT_INDEXED}
-             WHERE (?1 IS NULL OR time_us >= ?1) AND (?2 IS NULL OR time_us < ?2)
+             WHERE id >= ?7 AND (?1 IS NULL OR time_us >= ?1) AND (?2 IS NULL OR time_us < ?2)
                AND (?3 IS NULL OR user = ?3) AND (?4 IS NULL OR database = ?4)
                AND (?5 IS NULL OR class = ?5) AND (?6 IS NULL OR kind = ?6)
              ORDER BY id DESC"
@@ -569,7 +577,8 @@ fn last_matches(store: &AuditStore, filter: &Filter, n: usize) -> anyhow::Result
         filter.user,
         filter.database,
         filter.class,
-        filter.kind
+        filter.kind,
+        from.min(i64::MAX as u64) as i64
     ])?;
     while let Some(r) = rows.next()? {
         let s = Stored::from_indexed_row(r)?;
