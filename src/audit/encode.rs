@@ -17,7 +17,10 @@ use super::event::{Decision, Event};
 /// absent ones left out, `facts` (the session's facts as object members,
 /// or empty) where the flattened session facts go.
 pub fn write_event(out: &mut Vec<u8>, event: &Event, facts: &[u8]) {
-    out.reserve(256 + facts.len() + text_len(event));
+    // Room for the writer's additions too: a fingerprint (no longer than
+    // the text, as a rule) and relations.
+    let text = event.text.as_ref().map_or(0, String::len);
+    out.reserve(320 + facts.len() + text_len(event) + text);
     out.extend_from_slice(b"{\"id\":");
     number(out, event.id);
     out.extend_from_slice(b",\"time_us\":");

@@ -306,13 +306,19 @@ impl Encoded {
 
     /// The stored text of this event as number `id`.
     pub fn numbered(&self, id: u64) -> Vec<u8> {
-        let rest = &self.body[UNNUMBERED.len() - 1..];
         let mut out = Vec::with_capacity(self.body.len() + 20);
-        out.extend_from_slice(br#"{"id":"#);
-        // Writing to a Vec cannot fail.
-        let _ = std::io::Write::write_fmt(&mut out, format_args!("{id}"));
-        out.extend_from_slice(rest);
+        self.number_into(&mut out, id);
         out
+    }
+
+    /// [`Encoded::numbered`] into `out` (cleared first), so a writer can
+    /// reuse one buffer for a batch.
+    pub fn number_into(&self, out: &mut Vec<u8>, id: u64) {
+        let rest = &self.body[UNNUMBERED.len() - 1..];
+        out.clear();
+        out.extend_from_slice(br#"{"id":"#);
+        out.extend_from_slice(itoa::Buffer::new().format(id).as_bytes());
+        out.extend_from_slice(rest);
     }
 }
 

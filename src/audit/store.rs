@@ -356,9 +356,10 @@ impl AuditStore {
                 "INSERT INTO events (id, time_us, kind, user, database, class, relations, body, hash)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?;
+            let mut body = Vec::new();
             for stored in events.iter_mut() {
                 id += 1;
-                let body = stored.numbered(id);
+                stored.number_into(&mut body, id);
                 let event = &mut stored.event;
                 event.id = id;
                 hash = next_hash(&hash, &body);
@@ -372,7 +373,7 @@ impl AuditStore {
                     event.database(),
                     event.class.as_deref(),
                     relations,
-                    body,
+                    &body,
                     &hash[..],
                 ])?;
             }
