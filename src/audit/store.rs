@@ -347,10 +347,16 @@ impl AuditStore {
     /// holds.
     fn append_in(tx: &Connection, events: &mut [Encoded]) -> Result<(u64, Hash), AuditStoreError> {
         let (mut id, mut hash) = Self::head_in(tx)?;
+        // A mark damaged by hand (not a number) must not stop recording:
+        // it is read as absent here, and `verify` names it.
         let mut latest: Option<i64> = tx
             .prepare_cached("SELECT max_time FROM time_marks ORDER BY last_id DESC LIMIT 1")?
-            .query_row([], |r| r.get(0))
-            .optional()?;
+            .query_row([], |r| match r.get_ref(0)? {
+                rusqlite::types::ValueRef::Integer(t) => Ok(Some(t)),
+                _ => Ok(None),
+            })
+            .optional()?
+            .flatten();
         {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO events (id, time_us, kind, user, database, class, relations, body, hash)

@@ -1014,6 +1014,23 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_damaged_time_mark_is_named_and_does_not_stop_recording() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, key) = fifty(dir.path());
+        exec(
+            &store,
+            "UPDATE time_marks SET max_time = 'soon' WHERE last_id = 50",
+        );
+        store.append(&mut [statement(50)]).unwrap();
+        let f = failure(&store, &key);
+        assert_eq!(f.event, Some(50));
+        assert!(
+            f.message.contains("its time is \"soon\", not a number"),
+            "{f}"
+        );
+    }
+
+    #[test]
     fn a_time_mark_past_the_end_names_the_cut_events() {
         let dir = tempfile::tempdir().unwrap();
         let (store, key) = fifty(dir.path());
