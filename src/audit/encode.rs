@@ -11,12 +11,13 @@
 
 use serde::Serialize;
 
-use super::event::{Decision, Event};
+use super::event::{Decision, Event, SessionInfo};
 
 /// Appends the JSON object for `event` to `out`: fields in struct order,
-/// absent ones left out, `facts` (the session's facts as object members,
-/// or empty) where the flattened session facts go.
-pub fn write_event(out: &mut Vec<u8>, event: &Event, facts: &[u8]) {
+/// absent ones left out, the session's facts (from their per-session
+/// cache) where serde flattens them.
+pub fn write_event(out: &mut Vec<u8>, event: &Event) {
+    let facts = event.who.as_deref().map_or(&[][..], SessionInfo::members);
     // Room for the writer's additions too: a fingerprint (no longer than
     // the text, as a rule) and relations.
     let text = event.text.as_ref().map_or(0, String::len);
@@ -134,21 +135,15 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::audit::event::{Kind, SessionInfo};
+    use crate::audit::event::Kind;
 
     fn serde_text(e: &Event) -> String {
         String::from_utf8(serde_json::to_vec(e).unwrap()).unwrap()
     }
 
     fn direct_text(e: &Event) -> String {
-        let facts = e.who.as_ref().map(|w| {
-            let object = serde_json::to_vec(&**w).unwrap();
-            object[1..object.len() - 1].to_vec()
-        });
-        let mut bare = e.clone();
-        bare.who = None;
         let mut out = Vec::new();
-        write_event(&mut out, &bare, facts.as_deref().unwrap_or_default());
+        write_event(&mut out, e);
         String::from_utf8(out).unwrap()
     }
 

@@ -168,7 +168,7 @@ impl Eq for MembersCache {}
 
 impl SessionInfo {
     /// The facts as JSON object members, encoded on first use.
-    fn members(&self) -> &[u8] {
+    pub(super) fn members(&self) -> &[u8] {
         self.encoded.0.get_or_init(|| {
             let object = serde_json::to_vec(self).unwrap_or_default();
             let inner = object
@@ -255,13 +255,9 @@ const UNNUMBERED: &[u8] = br#"{"id":0,"#;
 impl Encoded {
     pub fn new(mut event: Event) -> Encoded {
         event.id = 0;
-        // The same text as `event.encode()`, written directly, with the
-        // session's facts copied in from their cached encoding.
-        let who = event.who.take();
-        let facts = who.as_deref().map_or(&[][..], SessionInfo::members);
+        // The same text as `event.encode()`, written directly.
         let mut body = Vec::new();
-        super::encode::write_event(&mut body, &event, facts);
-        event.who = who;
+        super::encode::write_event(&mut body, &event);
         Encoded { event, body }
     }
 
