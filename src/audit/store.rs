@@ -611,6 +611,18 @@ mod tests {
         assert!(store.checkpoint(&key).unwrap().is_none(), "already covered");
     }
 
+    /// (last id, latest time) of every time mark, in order.
+    fn time_marks(store: &AuditStore) -> Vec<(i64, i64)> {
+        store
+            .connection()
+            .prepare("SELECT last_id, max_time FROM time_marks ORDER BY last_id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
     #[test]
     fn readers_from_a_time_start_no_later_than_its_first_event() {
         let dir = tempfile::tempdir().unwrap();
@@ -628,14 +640,7 @@ mod tests {
                 .collect();
             store.append(&mut events).unwrap();
         }
-        let marks: Vec<(i64, i64)> = store
-            .connection()
-            .prepare("SELECT last_id, max_time FROM time_marks ORDER BY last_id")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let marks = time_marks(&store);
         assert_eq!(marks, [(2, 20), (4, 90), (6, 100)], "a running maximum");
         for (since, start) in [(0, Some(1)), (20, Some(1)), (21, Some(3)), (40, Some(3))] {
             assert_eq!(store.first_id_since(since).unwrap(), start, "since {since}");
@@ -674,14 +679,7 @@ mod tests {
             .unwrap();
         drop(store);
         let store = AuditStore::open(&path).unwrap();
-        let marks: Vec<(i64, i64)> = store
-            .connection()
-            .prepare("SELECT last_id, max_time FROM time_marks ORDER BY last_id")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let marks = time_marks(&store);
         assert_eq!(marks, [(1024, 1023), (1030, 1029)]);
         let indexes: i64 = store
             .connection()
