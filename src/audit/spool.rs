@@ -23,7 +23,17 @@
 //! A record is `length (u32) ‖ sequence (u64) ‖ CRC-32 of sequence and
 //! body ‖ body` (little-endian; the body is the event's JSON); a zero
 //! length is where the written part ends. A segment is sealed when the next
-//! record does not fit and deleted once the store holds everything in it.
+//! record does not fit and, once the store holds everything in it, kept as
+//! the *spare*: the next seal renames the spare and writes over it rather
+//! than allocating a new file. Fresh pages of a shared file map cost a page
+//! fault each on first write (allocation, zeroing, block reservation) and
+//! unmapping costs TLB shootdowns; together these were most of the spool's
+//! cost per event, on the session's thread. A recycled segment's pages are
+//! in the page cache and mapped already. Old records beyond the written
+//! part are never read: every append leaves a zero length after its record
+//! (and a spare starts with one), so a zero length still marks the end.
+//! The spool's memory is thus up to three segments of page cache: the open
+//! one, one sealed and not yet stored, the spare.
 //! A torn or damaged record ends what is read of its segment: a record not
 //! copied whole was never acknowledged. One pgward at a time: the directory
 //! is locked (`flock`) while in use.
@@ -32,6 +42,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{compiler_fence, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use memmap2::MmapMut;
@@ -45,6 +56,8 @@ pub const SEGMENT_BYTES: usize = 8 << 20;
 /// The first bytes of every segment.
 const MAGIC: &[u8; 8] = b"PGWSPL1\n";
 const RECORD_HEADER: usize = 4 + 8 + 4;
+/// Where the stored segment kept for reuse waits (read as empty).
+const SPARE: &str = "spare.seg";
 /// No event is this large; a length above it is damage.
 const MAX_BODY: usize = 64 << 20;
 
@@ -138,6 +151,7 @@ impl Recovery {
                 next_seq,
                 written: MAGIC.len(),
                 sealed: Vec::new(),
+                spare: None,
             }),
         })
     }
@@ -157,8 +171,9 @@ fn read_segment(
         };
     };
     while !rest.is_empty() {
-        if rest.len() >= 4 && rest[..4] == [0; 4] {
-            // The zeroed, never written part of the segment.
+        // A zero length ends the written part (each append zeroes the next
+        // one); so does a tail too short to hold a length.
+        if rest.len() < 4 || rest[..4] == [0; 4] {
             return Ok(());
         }
         if rest.len() < RECORD_HEADER {
@@ -249,8 +264,18 @@ struct State {
     next_seq: u64,
     /// Bytes of the open segment in use.
     written: usize,
-    /// Sealed segments: (first sequence number, last sequence number).
-    sealed: Vec<(u64, u64)>,
+    /// Sealed segments, oldest first.
+    sealed: Vec<Sealed>,
+    /// A stored segment of the standard size, mapped, its written part
+    /// ended at the start: the next segment to open.
+    spare: Option<MmapMut>,
+}
+
+/// A segment that is full and waits for the store.
+struct Sealed {
+    first_seq: u64,
+    last_seq: u64,
+    map: MmapMut,
 }
 
 impl Spool {
@@ -276,29 +301,55 @@ impl Spool {
         let seq_bytes = seq.to_le_bytes();
         let crc = checksum(&seq_bytes, body);
         let at = st.written;
-        let out = &mut st.map[at..at + record];
-        // The body first and the length last, so that a copy cut short by
-        // the death of the process more likely leaves a zero length (the
-        // end) than a torn record; the checksum catches the rest.
+        // The length slot after this record is zeroed first (it may hold an
+        // old record of a recycled segment), then the body and header, and
+        // the length last: a copy cut short by the death of the process
+        // leaves a zero length (the end) rather than a torn record; the
+        // checksum catches the rest. The fences keep the compiler from
+        // reordering these stores into the map.
+        let end = at + record;
+        let next_len = end..(end + 4).min(st.map.len());
+        st.map[next_len].fill(0);
+        let out = &mut st.map[at..end];
         out[RECORD_HEADER..].copy_from_slice(body);
         out[4..12].copy_from_slice(&seq_bytes);
         out[12..16].copy_from_slice(&crc.to_le_bytes());
+        compiler_fence(Ordering::Release);
         out[..4].copy_from_slice(&len.to_le_bytes());
+        compiler_fence(Ordering::Release);
         st.next_seq += 1;
-        st.written += record;
+        st.written = end;
         Ok(Appended { seq, _held: st })
     }
 
     /// Starts a new segment with room for `record`; the current one is
     /// kept until stored.
     fn seal(&self, st: &mut State, record: usize) -> io::Result<()> {
-        let map = new_segment(&self.dir, st.next_seq, record)?;
+        let map = match st.spare.take() {
+            Some(spare) if MAGIC.len() + record <= spare.len() => {
+                match fs::rename(
+                    self.dir.join(SPARE),
+                    self.dir.join(segment_name(st.next_seq)),
+                ) {
+                    Ok(()) => spare,
+                    Err(_) => new_segment(&self.dir, st.next_seq, record)?,
+                }
+            }
+            other => {
+                st.spare = other;
+                new_segment(&self.dir, st.next_seq, record)?
+            }
+        };
         let old = std::mem::replace(&mut st.map, map);
-        drop(old);
         if st.next_seq > st.first_seq {
-            st.sealed.push((st.first_seq, st.next_seq - 1));
+            st.sealed.push(Sealed {
+                first_seq: st.first_seq,
+                last_seq: st.next_seq - 1,
+                map: old,
+            });
         } else {
             // Nothing was written to it: it holds no event to wait for.
+            drop(old);
             let _ = fs::remove_file(self.dir.join(segment_name(st.first_seq)));
         }
         st.first_seq = st.next_seq;
@@ -307,20 +358,44 @@ impl Spool {
     }
 
     /// The store holds every spooled event through `mark`: sealed segments
-    /// that end at or before it are removed.
+    /// that end at or before it become the spare (one of the standard
+    /// size, when there is none) or are removed.
     pub fn stored_through(&self, mark: u64) {
-        let done: Vec<u64> = {
+        let done: Vec<Sealed> = {
             let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            let (done, keep) = st.sealed.iter().partition(|&&(_, last)| last <= mark);
+            if st.sealed.first().map_or(true, |s| s.last_seq > mark) {
+                return;
+            }
+            let (done, keep) = std::mem::take(&mut st.sealed)
+                .into_iter()
+                .partition(|s| s.last_seq <= mark);
             st.sealed = keep;
-            done.into_iter().map(|(first, _)| first).collect()
+            done
         };
-        for first in done {
-            let path = self.dir.join(segment_name(first));
+        for mut segment in done {
+            let path = self.dir.join(segment_name(segment.first_seq));
+            if segment.map.len() == SEGMENT_BYTES && self.spare_is_free() {
+                // Its events are stored: an empty written part from here on.
+                segment.map[MAGIC.len()..MAGIC.len() + 4].fill(0);
+                if fs::rename(&path, self.dir.join(SPARE)).is_ok() {
+                    let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                    st.spare = Some(segment.map);
+                    continue;
+                }
+            }
+            drop(segment);
             if let Err(e) = fs::remove_file(&path) {
                 tracing::warn!(path = %path.display(), error = %e, "cannot remove a stored spool segment");
             }
         }
+    }
+
+    fn spare_is_free(&self) -> bool {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .spare
+            .is_none()
     }
 }
 
@@ -456,17 +531,69 @@ mod tests {
                 })
                 .count()
         };
+        let spare = dir.path().join(SPARE);
         assert_eq!(count(), 3, "20 MiB in 8 MiB segments");
         spool.stored_through(6);
         assert_eq!(count(), 3, "the first segment holds 1..=7");
+        assert!(!spare.exists());
         spool.stored_through(7);
-        assert_eq!(count(), 2);
+        assert_eq!(count(), 3, "the first segment is kept as the spare");
+        assert!(spare.exists());
+        assert!(!dir.path().join(segment_name(1)).exists());
         spool.stored_through(last);
-        assert_eq!(count(), 1, "only the open segment is left");
+        assert_eq!(count(), 2, "the open segment and the spare are left");
         drop(spool);
         let r = Recovery::open(dir.path(), last).unwrap();
         assert!(r.events.is_empty());
+        assert!(r.damaged.is_empty(), "{:?}", r.damaged);
         assert_eq!(r.last_seq, last);
+    }
+
+    #[test]
+    fn a_recycled_segment_never_gives_back_its_old_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Recovery::open(dir.path(), 0).unwrap().into_spool().unwrap();
+        // Fill the first segment with long events and store them; sealing
+        // the second opens the first one again, reused.
+        let long = event(&"old ".repeat(50_000));
+        let mut seq = 0;
+        while seq < 60 {
+            seq = spool.append(&long).unwrap().seq;
+        }
+        spool.stored_through(seq);
+        assert!(
+            dir.path().join(SPARE).exists(),
+            "the stored segment waits as the spare"
+        );
+        {
+            let mut st = spool.state.lock().unwrap();
+            spool.seal(&mut st, 0).unwrap();
+        }
+        let third_first = seq + 1;
+        let seg = dir.path().join(segment_name(third_first));
+        assert!(seg.exists(), "the spare became the new segment");
+        assert!(!dir.path().join(SPARE).exists());
+        // Two short events over the old long ones, then a third whose copy
+        // is cut short before its length, and a crash.
+        let mut end = MAGIC.len();
+        for text in ["new 1", "new 2"] {
+            let body = event(text);
+            spool.append(&body).unwrap();
+            end += RECORD_HEADER + body.len();
+        }
+        drop(spool);
+        let mut data = fs::read(&seg).unwrap();
+        assert_eq!(data[end..end + 4], [0; 4], "the next length is zeroed");
+        assert!(
+            data[end + 4..end + 400].iter().any(|&b| b != 0),
+            "old bytes follow"
+        );
+        let torn = event("never acknowledged");
+        data[end + RECORD_HEADER..end + RECORD_HEADER + torn.len()].copy_from_slice(&torn);
+        fs::write(&seg, data).unwrap();
+        let r = Recovery::open(dir.path(), seq).unwrap();
+        assert!(r.damaged.is_empty(), "{:?}", r.damaged);
+        assert_eq!(texts(&r), ["new 1", "new 2"]);
     }
 
     #[test]
