@@ -20,7 +20,7 @@ pub fn write_event(out: &mut Vec<u8>, event: &Event) {
     let facts = event.who.as_deref().map_or(&[][..], SessionInfo::members);
     // Room for the writer's additions too: a fingerprint (no longer than
     // the text, as a rule) and relations.
-    let text = event.text.as_ref().map_or(0, String::len);
+    let text = event.text.as_deref().map_or(0, str::len);
     out.reserve(320 + facts.len() + text_len(event) + text);
     out.extend_from_slice(b"{\"id\":");
     number(out, event.id);
@@ -34,10 +34,10 @@ pub fn write_event(out: &mut Vec<u8>, event: &Event) {
         out.push(b',');
         out.extend_from_slice(facts);
     }
-    opt_string(out, "class", &event.class);
-    opt_string(out, "text", &event.text);
-    opt_string(out, "sent", &event.sent);
-    opt_string(out, "fingerprint", &event.fingerprint);
+    opt_string(out, "class", event.class.as_deref());
+    opt_string(out, "text", event.text.as_deref());
+    opt_string(out, "sent", event.sent.as_deref());
+    opt_string(out, "fingerprint", event.fingerprint.as_deref());
     if let Some(params) = &event.params {
         member(out, "params", params);
     }
@@ -51,23 +51,29 @@ pub fn write_event(out: &mut Vec<u8>, event: &Event) {
         out.extend_from_slice(decision(d).as_bytes());
         out.push(b'"');
     }
-    opt_string(out, "reason", &event.reason);
-    opt_string(out, "sqlstate", &event.sqlstate);
+    opt_string(out, "reason", event.reason.as_deref());
+    opt_string(out, "sqlstate", event.sqlstate.as_deref());
     opt_number(out, "rows", event.rows);
     opt_number(out, "bytes", event.bytes);
     opt_number(out, "duration_us", event.duration_us);
-    opt_string(out, "outcome", &event.outcome);
-    opt_string(out, "action", &event.action);
-    opt_string(out, "detail", &event.detail);
+    opt_string(out, "outcome", event.outcome.as_deref());
+    opt_string(out, "action", event.action.as_deref());
+    opt_string(out, "detail", event.detail.as_deref());
     out.push(b'}');
 }
 
 /// The bytes of the longer strings, so one allocation holds the event.
 fn text_len(e: &Event) -> usize {
-    [&e.text, &e.sent, &e.fingerprint, &e.reason, &e.detail]
-        .iter()
-        .map(|s| s.as_ref().map_or(0, String::len))
-        .sum()
+    [
+        e.text.as_deref(),
+        e.sent.as_deref(),
+        e.fingerprint.as_deref(),
+        e.reason.as_deref(),
+        e.detail.as_deref(),
+    ]
+    .iter()
+    .map(|s| s.map_or(0, str::len))
+    .sum()
 }
 
 /// The name serde gives each variant (`rename_all = "snake_case"`); the
@@ -101,7 +107,7 @@ fn member(out: &mut Vec<u8>, name: &str, value: &impl Serialize) {
     let _ = serde_json::to_writer(&mut *out, value);
 }
 
-fn opt_string(out: &mut Vec<u8>, name: &str, value: &Option<String>) {
+fn opt_string(out: &mut Vec<u8>, name: &str, value: Option<&str>) {
     if let Some(s) = value {
         key(out, name);
         string(out, s);

@@ -95,16 +95,18 @@ pub struct Event {
     /// UTC, microseconds since the Unix epoch.
     pub time_us: i64,
     pub kind: Kind,
-    /// The pgward instance (host name unless configured).
-    pub instance: String,
+    /// The pgward instance (host name unless configured); shared, as every
+    /// event of a process names the same one.
+    pub instance: Arc<str>,
     #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
     pub who: Option<Arc<SessionInfo>>,
     /// Statement class (`read`, `write`, `ddl`, `admin`, `other`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub class: Option<String>,
-    /// The statement as the client sent it.
+    /// The statement as the client sent it (shared with the session's
+    /// prepared statement, which every Execute of it names).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub text: Option<String>,
+    pub text: Option<Arc<str>>,
     /// The statement as pgward sent it, when it differs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sent: Option<String>,
@@ -183,11 +185,20 @@ impl SessionInfo {
 impl Event {
     /// An event of `kind` happening now, with nothing else filled in.
     pub fn new(kind: Kind, instance: &str) -> Event {
+        Event::of(kind, Arc::from(instance))
+    }
+
+    /// [`Event::new`] for an instance name already shared.
+    pub fn of(kind: Kind, instance: Arc<str>) -> Event {
+        Event::at(kind, instance, now_us())
+    }
+
+    fn at(kind: Kind, instance: Arc<str>, time_us: i64) -> Event {
         Event {
             id: 0,
-            time_us: now_us(),
+            time_us,
             kind,
-            instance: instance.to_string(),
+            instance,
             who: None,
             class: None,
             text: None,
@@ -259,6 +270,23 @@ impl Encoded {
         let mut body = Vec::new();
         super::encode::write_event(&mut body, &event);
         Encoded { event, body }
+    }
+
+    /// [`Encoded::new`] in this one's place: the buffer keeps its room, so
+    /// a pool of these spares an allocation per event.
+    pub fn refill(&mut self, mut event: Event) {
+        event.id = 0;
+        self.event = event;
+        self.body.clear();
+        super::encode::write_event(&mut self.body, &self.event);
+    }
+
+    /// Lets go of what the event holds (on the thread that stored it),
+    /// keeping the buffer for [`Encoded::refill`].
+    pub fn clear(&mut self) {
+        let instance = Arc::clone(&self.event.instance);
+        self.event = Event::at(Kind::Statement, instance, 0);
+        self.body.clear();
     }
 
     /// A body read back (from the spool), with the event it decodes to.

@@ -498,7 +498,7 @@ fn csv_row(out: &mut dyn Write, e: &Event, hash: &[u8]) -> std::io::Result<()> {
         e.id.to_string(),
         format_time(e.time_us),
         e.kind.as_str().to_string(),
-        e.instance.clone(),
+        e.instance.to_string(),
         num(who.and_then(|w| w.session)),
         opt(who.and_then(|w| w.user.as_ref())),
         opt(who.and_then(|w| w.role.as_ref())),
@@ -517,7 +517,7 @@ fn csv_row(out: &mut dyn Write, e: &Event, hash: &[u8]) -> std::io::Result<()> {
         e.filters.join("; "),
         opt(e.outcome.as_ref()),
         opt(e.action.as_ref()),
-        opt(e.text.as_ref()),
+        e.text.as_deref().unwrap_or_default().to_string(),
         hex::encode(hash),
     ];
     for (i, cell) in cells.iter().enumerate() {

@@ -194,7 +194,7 @@ pub fn record(e: &Event, body: &[u8], hash: &[u8]) -> Value {
     let list = |l: &Vec<String>| (!l.is_empty()).then(|| Value::from(l.clone()));
     keep("id", Some(e.id.into()));
     keep("kind", Some(e.kind.as_str().into()));
-    keep("instance", Some(e.instance.clone().into()));
+    keep("instance", Some(e.instance.as_ref().into()));
     keep("role", who.and_then(|w| w.role.clone()).map(Value::from));
     keep("via", who.and_then(|w| w.via.clone()).map(Value::from));
     keep(

@@ -413,7 +413,7 @@ mod tests {
     fn texts(r: &Recovery) -> Vec<String> {
         r.events
             .iter()
-            .filter_map(|e| e.event.text.clone())
+            .filter_map(|e| e.event.text.as_deref().map(str::to_string))
             .collect()
     }
 

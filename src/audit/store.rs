@@ -17,6 +17,7 @@
 //! the ids). Events up to a mark earlier than `since` are all earlier, so a
 //! reader starts after it. Verification checks no mark understates.
 
+use std::borrow::BorrowMut;
 use std::path::Path;
 use std::time::Duration;
 
@@ -318,9 +319,9 @@ impl AuditStore {
     /// [`AuditStore::append`] for events encoded already, also recording
     /// in the same transaction that every spooled event through
     /// `spool_mark` is now stored.
-    pub fn append_encoded(
+    pub fn append_encoded<E: BorrowMut<Encoded>>(
         &mut self,
-        events: &mut [Encoded],
+        events: &mut [E],
         spool_mark: Option<u64>,
     ) -> Result<(u64, Hash), AuditStoreError> {
         let tx = self
@@ -345,7 +346,10 @@ impl AuditStore {
 
     /// [`AuditStore::append_encoded`] inside a write transaction the caller
     /// holds.
-    fn append_in(tx: &Connection, events: &mut [Encoded]) -> Result<(u64, Hash), AuditStoreError> {
+    fn append_in<E: BorrowMut<Encoded>>(
+        tx: &Connection,
+        events: &mut [E],
+    ) -> Result<(u64, Hash), AuditStoreError> {
         let (mut id, mut hash) = Self::head_in(tx)?;
         // A mark damaged by hand (not a number) must not stop recording:
         // it is read as absent here, and `verify` names it.
@@ -364,6 +368,7 @@ impl AuditStore {
             )?;
             let mut body = Vec::new();
             for stored in events.iter_mut() {
+                let stored = stored.borrow_mut();
                 id += 1;
                 stored.number_into(&mut body, id);
                 let event = &mut stored.event;

@@ -853,7 +853,7 @@ pub(crate) mod tests {
             ..SessionInfo::default()
         }));
         e.class = Some("read".into());
-        e.text = Some(format!("SELECT name, \"ssn\" FROM patients WHERE id = {i}"));
+        e.text = Some(format!("SELECT name, \"ssn\" FROM patients WHERE id = {i}").into());
         e.relations = vec!["public.patients".into()];
         e.masks = vec!["public.patients.ssn: redact".into()];
         e.decision = Some(Decision::Rewritten);

@@ -66,6 +66,22 @@ impl std::fmt::Display for Unavailable {
     }
 }
 
+/// Stored events' boxes, emptied by the writer and refilled by sessions:
+/// an event's box and buffer are made on a session's thread and freed on
+/// the writer's, which the allocator serves slowly (a lock and no
+/// thread-local cache on either side); reusing them avoids both.
+type Pool = Arc<Mutex<Vec<Box<Encoded>>>>;
+
+/// How many emptied events the pool keeps (about 1 KiB each).
+const POOL_MAX: usize = 1024;
+/// A buffer grown past this by a large event is freed, not kept.
+const POOL_BODY_MAX: usize = 16 << 10;
+
+/// Events on their way into the store, boxed as they came from the
+/// sessions: moving an event out of its box would copy it (some 500 bytes).
+#[allow(clippy::vec_box)]
+type Batch = Vec<Box<Encoded>>;
+
 enum Job {
     /// An event; its commit acknowledged to `ack`, or already spooled with
     /// this sequence number.
@@ -123,13 +139,14 @@ pub struct Audit {
     capacity: usize,
     failing: Arc<AtomicBool>,
     on_failure: OnFailure,
-    instance: String,
+    instance: Arc<str>,
     pub counters: Arc<Counters>,
     /// Where events are acknowledged from, with `durability: spool`.
     spool: Option<Arc<Spool>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     /// Tells the WAL merging thread to stop.
     stopped: Arc<AtomicBool>,
+    pool: Pool,
 }
 
 /// A place in the queue, held from before a statement runs until its event
@@ -178,6 +195,7 @@ impl Audit {
         let capacity = cfg.queue.max(1);
         let (tx, rx) = sync_channel(capacity);
         let failing = Arc::new(AtomicBool::new(false));
+        let pool = Pool::default();
         let thread = std::thread::Builder::new()
             .name("pgward-audit".into())
             .spawn({
@@ -187,6 +205,7 @@ impl Audit {
                 let batch = cfg.batch.max(1);
                 let interval = cfg.checkpoint_interval;
                 let spool = Arc::clone(&spool);
+                let pool = Arc::clone(&pool);
                 let linger = if cfg.spool {
                     SPOOL_LINGER
                 } else {
@@ -195,7 +214,7 @@ impl Audit {
                 move || {
                     write_loop(
                         store, key, rx, reserved, failing, counters, batch, interval, alerter,
-                        spool, linger,
+                        spool, linger, pool,
                     )
                 }
             })?;
@@ -205,16 +224,22 @@ impl Audit {
             capacity,
             failing,
             on_failure: cfg.on_failure,
-            instance: cfg.instance,
+            instance: Arc::from(cfg.instance),
             counters,
             spool: cfg.spool.then_some(spool),
             thread: Mutex::new(Some(thread)),
             stopped,
+            pool,
         }))
     }
 
     pub fn instance(&self) -> &str {
         &self.instance
+    }
+
+    /// The instance name, shared (for events made at every statement).
+    pub fn shared_instance(&self) -> Arc<str> {
+        Arc::clone(&self.instance)
     }
 
     pub fn on_failure(&self) -> OnFailure {
@@ -282,7 +307,14 @@ impl Audit {
     pub fn send(&self, mut slot: Slot, event: Event) -> Option<oneshot::Receiver<()>> {
         let reserved = slot.reserved.take()?;
         // Encoded once, here; the writer numbers and stores this text.
-        let event = Box::new(Encoded::new(event));
+        let spare = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let event = match spare {
+            Some(mut spare) => {
+                spare.refill(event);
+                spare
+            }
+            None => Box::new(Encoded::new(event)),
+        };
         if let Some(spool) = &self.spool {
             match spool.append(&event.body) {
                 Ok(spooled) => {
@@ -370,8 +402,9 @@ fn write_loop(
     mut alerter: Alerter,
     spool: Arc<Spool>,
     linger: Duration,
+    pool: Pool,
 ) {
-    let mut events: Vec<Encoded> = Vec::with_capacity(batch_max);
+    let mut events: Batch = Vec::with_capacity(batch_max);
     let mut acks: Vec<oneshot::Sender<()>> = Vec::with_capacity(batch_max);
     let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
     let mut last_checkpoint = Instant::now();
@@ -415,7 +448,7 @@ fn write_loop(
                     spooled,
                 } => {
                     taken += 1;
-                    events.push(*event);
+                    events.push(event);
                     acks.extend(ack);
                     mark = spooled.or(mark);
                 }
@@ -430,6 +463,7 @@ fn write_loop(
         if !events.is_empty() {
             complete(&mut events, &mut relations, &mut alerter, &counters);
             store_batch(&mut store, &mut events, mark, &failing, &counters);
+            give_back(&pool, &mut events);
             reserved.fetch_sub(taken, Ordering::AcqRel);
             if let Some(mark) = mark {
                 spool.stored_through(mark);
@@ -466,7 +500,10 @@ fn recover(
     instance: &str,
     counters: &Counters,
 ) -> anyhow::Result<Spool> {
-    let mut events = std::mem::take(&mut recovery.events);
+    let mut events: Batch = std::mem::take(&mut recovery.events)
+        .into_iter()
+        .map(Box::new)
+        .collect();
     if !events.is_empty() || !recovery.damaged.is_empty() {
         let n = events.len();
         complete(&mut events, &mut Relations::default(), alerter, counters);
@@ -483,12 +520,12 @@ fn recover(
         } else {
             tracing::error!("{detail}");
         }
-        events.push(Encoded::new(Event::admin(
+        events.push(Box::new(Encoded::new(Event::admin(
             instance,
             "pgward",
             "audit.recover",
             detail,
-        )));
+        ))));
         store.append_encoded(&mut events, Some(recovery.last_seq))?;
         counters.recovered.fetch_add(n as u64, Ordering::Relaxed);
         counters
@@ -501,7 +538,7 @@ fn recover(
 /// What the writer adds to a batch before storing it: fingerprints and
 /// relations, then the alerts the rules raise, each after its cause.
 fn complete(
-    events: &mut Vec<Encoded>,
+    events: &mut Batch,
     relations: &mut Relations,
     alerter: &mut Alerter,
     counters: &Counters,
@@ -542,7 +579,7 @@ fn enrich(e: &mut Encoded, relations: &mut Relations) {
 
 /// Runs the batch through the alert rules and places each alert right
 /// after the event that raised it. Returns how many were raised.
-fn raise_alerts(alerter: &mut Alerter, events: &mut Vec<Encoded>) -> u64 {
+fn raise_alerts(alerter: &mut Alerter, events: &mut Batch) -> u64 {
     let mut raised = Vec::new();
     // (index of the cause, alerts it raised)
     let mut causes = Vec::new();
@@ -558,7 +595,7 @@ fn raise_alerts(alerter: &mut Alerter, events: &mut Vec<Encoded>) -> u64 {
     }
     let count = raised.len() as u64;
     let mut merged = Vec::with_capacity(events.len() + raised.len());
-    let mut raised = raised.into_iter().map(Encoded::new);
+    let mut raised = raised.into_iter().map(|e| Box::new(Encoded::new(e)));
     let mut causes = causes.into_iter().peekable();
     for (i, e) in events.drain(..).enumerate() {
         merged.push(e);
@@ -568,6 +605,21 @@ fn raise_alerts(alerter: &mut Alerter, events: &mut Vec<Encoded>) -> u64 {
     }
     *events = merged;
     count
+}
+
+/// Empties stored events into the pool (what does not fit is freed).
+fn give_back(pool: &Pool, events: &mut Batch) {
+    for e in events.iter_mut() {
+        e.clear();
+    }
+    let mut pool = pool.lock().unwrap_or_else(|e| e.into_inner());
+    let room = POOL_MAX.saturating_sub(pool.len());
+    pool.extend(
+        events
+            .drain(..)
+            .filter(|e| e.body.capacity() <= POOL_BODY_MAX)
+            .take(room),
+    );
 }
 
 /// A job that arrives within a few microseconds of the last batch is
@@ -595,11 +647,12 @@ fn merge_loop(store: AuditStore, stopped: Arc<AtomicBool>) {
     }
 }
 
-/// Stores a batch, retrying until it succeeds: events are never dropped
-/// here. While it fails, `failing` makes new statements wait or refuse.
+/// Stores a batch (left in `events` for the pool), retrying until it
+/// succeeds: events are never dropped here. While it fails, `failing`
+/// makes new statements wait or refuse.
 fn store_batch(
     store: &mut AuditStore,
-    events: &mut Vec<Encoded>,
+    events: &mut Batch,
     spool_mark: Option<u64>,
     failing: &AtomicBool,
     counters: &Counters,
@@ -615,7 +668,6 @@ fn store_batch(
                     .stored
                     .fetch_add(events.len() as u64, Ordering::Relaxed);
                 counters.batches.fetch_add(1, Ordering::Relaxed);
-                events.clear();
                 return;
             }
             Err(e) => {
@@ -681,6 +733,53 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn reused_events_carry_nothing_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = Audit::start(config(dir.path(), 1024)).unwrap();
+        let mut long = Event::new(Kind::Statement, "test");
+        long.text = Some("SELECT 'a long statement with a reason'".into());
+        long.reason = Some("the reason".into());
+        long.relations = vec!["public.t".into()];
+        long.rows = Some(7);
+        let slot = audit.reserve().await.unwrap();
+        audit.send(slot, long).unwrap().await.unwrap();
+        audit.flush().await;
+        let first: *const Encoded = {
+            let pool = audit.pool.lock().unwrap();
+            assert_eq!(pool.len(), 1, "the stored box came back");
+            &*pool[0]
+        };
+        let mut short = Event::new(Kind::Login, "test");
+        short.outcome = Some("ok".into());
+        let slot = audit.reserve().await.unwrap();
+        audit.send(slot, short).unwrap().await.unwrap();
+        audit.close().await;
+        {
+            let pool = audit.pool.lock().unwrap();
+            assert_eq!(pool.len(), 1, "the second event went in the same box");
+            assert!(std::ptr::eq(first, &*pool[0]));
+        }
+        let store = AuditStore::open_read_only(&dir.path().join("audit.db")).unwrap();
+        let body: Vec<u8> = store
+            .connection()
+            .query_row("SELECT body FROM events WHERE id = 2", [], |r| r.get(0))
+            .unwrap();
+        let stored = Event::decode(&body).unwrap();
+        assert_eq!(stored.kind, Kind::Login);
+        assert_eq!(stored.outcome.as_deref(), Some("ok"));
+        let text = String::from_utf8(body).unwrap();
+        for old in [
+            "long statement",
+            "reason",
+            "public.t",
+            "rows",
+            "fingerprint",
+        ] {
+            assert!(!text.contains(old), "{old} carried over: {text}");
+        }
+    }
+
+    #[tokio::test]
     async fn spooled_events_left_by_a_crash_are_stored_once_at_start() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = WriterConfig {
@@ -691,7 +790,7 @@ mod tests {
         for i in 0..3 {
             let slot = audit.reserve().await.unwrap();
             let mut e = Event::new(Kind::Statement, "test");
-            e.text = Some(format!("SELECT {i}"));
+            e.text = Some(format!("SELECT {i}").into());
             assert!(audit.send(slot, e).is_none(), "acknowledged when spooled");
         }
         audit.close().await;
@@ -723,7 +822,12 @@ mod tests {
             .query_map([], |r| r.get::<_, Vec<u8>>(0))
             .unwrap()
             .map(|b| Event::decode(&b.unwrap()).unwrap())
-            .map(|e| e.text.or(e.action).unwrap_or_default())
+            .map(|e| {
+                e.text
+                    .map(|t| t.to_string())
+                    .or(e.action)
+                    .unwrap_or_default()
+            })
             .collect();
         assert_eq!(
             texts,

@@ -736,7 +736,8 @@ mod tests {
     fn audit_tail_lines_are_short_and_readable() {
         let mut e = crate::audit::verify::tests::statement(3);
         e.id = 4;
-        e.text = Some("SELECT   name\n FROM patients WHERE ".to_string() + &"x".repeat(100));
+        e.text =
+            Some(("SELECT   name\n FROM patients WHERE ".to_string() + &"x".repeat(100)).into());
         let s = Stored {
             id: 4,
             time_us: e.time_us,

@@ -102,6 +102,9 @@ pub struct Recorder {
     who: Arc<SessionInfo>,
     parameters: AuditParameters,
     statements: HashMap<Vec<u8>, Prepared>,
+    /// The unnamed portal, apart: drivers bind and execute it for every
+    /// statement, and it needs no key copied or hashed.
+    unnamed: Option<Portal>,
     portals: HashMap<Vec<u8>, Portal>,
 }
 
@@ -117,14 +120,15 @@ impl Recorder {
             who,
             parameters,
             statements: HashMap::new(),
+            unnamed: None,
             portals: HashMap::new(),
         }
     }
 
-    fn event(&self, text: &str, analysis: Option<&Analysis>) -> Event {
-        let mut e = Event::new(Kind::Statement, self.audit.instance());
+    fn event(&self, text: Arc<str>, analysis: Option<&Analysis>) -> Event {
+        let mut e = Event::of(Kind::Statement, self.audit.shared_instance());
         e.who = Some(Arc::clone(&self.who));
-        e.text = Some(text.to_string());
+        e.text = Some(text);
         match analysis {
             Some(a) => e.apply(a),
             None => e.decision = Some(Decision::Allowed),
@@ -146,7 +150,7 @@ impl Recorder {
     /// A Query frame (body without the header).
     pub fn query(&self, body: &[u8], analysis: Option<&Analysis>, slot: Slot) -> Box<Record> {
         let text = cstr(body).map_or(body, |(t, _)| t);
-        let event = self.event(&String::from_utf8_lossy(text), analysis);
+        let event = self.event(String::from_utf8_lossy(text).into(), analysis);
         self.record(event, slot)
     }
 
@@ -180,13 +184,23 @@ impl Recorder {
             AuditParameters::Off => None,
             mode => bind_params(rest, mode == AuditParameters::Full),
         };
-        self.portals.insert(
-            portal.to_vec(),
-            Portal {
-                statement: prepared,
-                params,
-            },
-        );
+        let bound = Portal {
+            statement: prepared,
+            params,
+        };
+        if portal.is_empty() {
+            self.unnamed = Some(bound);
+        } else {
+            self.portals.insert(portal.to_vec(), bound);
+        }
+    }
+
+    fn portal(&self, name: &[u8]) -> Option<&Portal> {
+        if name.is_empty() {
+            self.unnamed.as_ref()
+        } else {
+            self.portals.get(name)
+        }
     }
 
     /// A Close frame: forgets the statement or portal.
@@ -199,6 +213,7 @@ impl Recorder {
             b'S' => {
                 self.statements.remove(name);
             }
+            _ if name.is_empty() => self.unnamed = None,
             _ => {
                 self.portals.remove(name);
             }
@@ -208,19 +223,18 @@ impl Recorder {
     /// An Execute frame.
     pub fn execute(&self, body: &[u8], slot: Slot) -> Box<Record> {
         let portal = cstr(body).map_or(body, |(p, _)| p);
-        let mut event = match self.portals.get(portal) {
+        let mut event = match self.portal(portal) {
             Some(p) => {
-                let mut e = self.event(&p.statement.text, p.statement.analysis.as_deref());
+                let text = Arc::clone(&p.statement.text);
+                let mut e = self.event(text, p.statement.analysis.as_deref());
                 e.params.clone_from(&p.params);
                 e
             }
-            None => self.event("", None),
+            None => self.event("".into(), None),
         };
         if event.text.as_deref() == Some("") {
-            event.text = Some(format!(
-                "(execute portal \"{}\")",
-                String::from_utf8_lossy(portal)
-            ));
+            let text = format!("(execute portal \"{}\")", String::from_utf8_lossy(portal));
+            event.text = Some(text.into());
         }
         self.record(event, slot)
     }
@@ -231,7 +245,10 @@ impl Recorder {
             .get(..4)
             .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
             .unwrap_or(0);
-        let event = self.event(&format!("(fast-path function call, oid {oid})"), analysis);
+        let event = self.event(
+            format!("(fast-path function call, oid {oid})").into(),
+            analysis,
+        );
         self.record(event, slot)
     }
 }

@@ -34,7 +34,7 @@ fn statement(i: usize) -> Event {
         ..SessionInfo::default()
     }));
     e.class = Some("read".into());
-    e.text = Some(format!("SELECT name, ssn FROM patients WHERE id = {i}"));
+    e.text = Some(format!("SELECT name, ssn FROM patients WHERE id = {i}").into());
     e.relations = vec!["public.patients".into()];
     e.decision = Some(Decision::Rewritten);
     e.rows = Some(1);
