@@ -110,9 +110,10 @@ pub struct Event {
     /// The statement as pgward sent it, when it differs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sent: Option<String>,
-    /// The statement with constants replaced by `?`.
+    /// The statement with constants replaced by `?` (shared with the
+    /// session's prepared statement, like `text`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub fingerprint: Option<String>,
+    pub fingerprint: Option<Arc<str>>,
     /// Bind parameters (only with `audit.parameters` set).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub params: Option<Vec<Option<String>>>,
@@ -317,7 +318,7 @@ impl Encoded {
     /// Sets the fingerprint the writer computed.
     pub fn set_fingerprint(&mut self, fingerprint: String) {
         self.add("fingerprint", &fingerprint);
-        self.event.fingerprint = Some(fingerprint);
+        self.event.fingerprint = Some(fingerprint.into());
     }
 
     /// Sets the relations the writer found.

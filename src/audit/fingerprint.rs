@@ -7,6 +7,9 @@
 //! compliance officer can group "the same query" however it was filled in.
 //! Relations come from parsing, which is costly, so they are cached by
 //! fingerprint and computed on the audit writer thread, off the relay.
+//! A prepared statement is fingerprinted once, when the session sees it
+//! parsed, and each Execute's event carries that; the writer fingerprints
+//! the rest (simple-protocol queries).
 
 use std::num::NonZeroUsize;
 

@@ -221,7 +221,7 @@ pub fn record(e: &Event, body: &[u8], hash: &[u8]) -> Value {
     keep("decision", e.decision.map(|d| decision_str(d).into()));
     keep("reason", e.reason.clone().map(Value::from));
     keep("sent", e.sent.clone().map(Value::from));
-    keep("fingerprint", e.fingerprint.clone().map(Value::from));
+    keep("fingerprint", e.fingerprint.as_deref().map(Value::from));
     keep("relations", list(&e.relations));
     keep("columns", list(&e.columns));
     keep("masks", list(&e.masks));

@@ -692,11 +692,13 @@ fn sign(store: &mut AuditStore, key: &SigningKey, failing: &AtomicBool, counters
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::audit::event::Kind;
 
-    fn config(dir: &std::path::Path, queue: usize) -> WriterConfig {
+    /// Settings for a writer whose files live in `dir` (also used by
+    /// other modules' tests that need a running writer).
+    pub(crate) fn config(dir: &std::path::Path, queue: usize) -> WriterConfig {
         WriterConfig {
             path: dir.join("audit.db"),
             key: dir.join("audit.key"),

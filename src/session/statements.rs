@@ -17,6 +17,7 @@ use std::time::Instant;
 
 use tokio::sync::oneshot;
 
+use crate::audit::fingerprint::fingerprint;
 use crate::audit::{Analysis, Audit, Decision, Event, Kind, SessionInfo, Slot};
 use crate::config::AuditParameters;
 
@@ -87,6 +88,9 @@ impl Record {
 #[derive(Clone)]
 struct Prepared {
     text: Arc<str>,
+    /// Once per statement, not per Execute (the writer fingerprints the
+    /// text of a Query).
+    fingerprint: Arc<str>,
     analysis: Option<Arc<Analysis>>,
 }
 
@@ -159,11 +163,12 @@ impl Recorder {
         let Some((name, rest)) = cstr(body) else {
             return;
         };
-        let text = cstr(rest).map_or(rest, |(t, _)| t);
+        let text = String::from_utf8_lossy(cstr(rest).map_or(rest, |(t, _)| t));
         self.statements.insert(
             name.to_vec(),
             Prepared {
-                text: Arc::from(String::from_utf8_lossy(text).as_ref()),
+                fingerprint: fingerprint(&text).into(),
+                text: Arc::from(text.as_ref()),
                 analysis: analysis.map(Arc::new),
             },
         );
@@ -227,6 +232,7 @@ impl Recorder {
             Some(p) => {
                 let text = Arc::clone(&p.statement.text);
                 let mut e = self.event(text, p.statement.analysis.as_deref());
+                e.fingerprint = Some(Arc::clone(&p.statement.fingerprint));
                 e.params.clone_from(&p.params);
                 e
             }
@@ -235,6 +241,7 @@ impl Recorder {
         if event.text.as_deref() == Some("") {
             let text = format!("(execute portal \"{}\")", String::from_utf8_lossy(portal));
             event.text = Some(text.into());
+            event.fingerprint = None;
         }
         self.record(event, slot)
     }
@@ -307,6 +314,39 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn each_execute_carries_the_fingerprint_made_at_parse() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = Audit::start(crate::audit::writer::tests::config(dir.path(), 16)).unwrap();
+        let who = Arc::new(SessionInfo::default());
+        let mut r = Recorder::new(Arc::clone(&audit), who, AuditParameters::Off);
+        // Parse "s1", then Bind the unnamed portal to it (no parameters).
+        r.parse(b"s1\0SELECT * FROM t WHERE id = 42\0\0\0", None);
+        let execute = |r: &Recorder| {
+            let slot = audit.reserve_now().unwrap();
+            r.execute(b"\0\0\0\0\0", slot)
+        };
+        r.bind(b"\0s1\0\0\0\0\0\0\0");
+        let (a, b) = (execute(&r), execute(&r));
+        assert_eq!(
+            a.event.fingerprint.as_deref(),
+            Some("SELECT * FROM t WHERE id = ?")
+        );
+        let (fa, fb) = (a.event.fingerprint.clone(), b.event.fingerprint.clone());
+        assert!(Arc::ptr_eq(&fa.unwrap(), &fb.unwrap()), "made once, shared");
+        // A portal nobody bound: the text says so, and the writer
+        // fingerprints that text itself.
+        let slot = audit.reserve_now().unwrap();
+        let unknown = r.execute(b"p9\0\0\0\0\0", slot);
+        assert_eq!(
+            unknown.event.text.as_deref(),
+            Some("(execute portal \"p9\")")
+        );
+        assert_eq!(unknown.event.fingerprint, None);
+        drop((a, b, unknown));
+        audit.close().await;
+    }
 
     #[test]
     fn bind_parameters_full_and_redacted() {
