@@ -12,6 +12,7 @@
 //! `Arc`, and flattened into each event's JSON, so an exported event stands
 //! on its own.
 
+use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
@@ -131,8 +132,10 @@ pub struct Event {
     pub decision: Option<Decision>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Borrowed for the common codes (`00000` for each statement that
+    /// succeeds), owned for those read from the server.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub sqlstate: Option<String>,
+    pub sqlstate: Option<Cow<'static, str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rows: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -370,10 +373,11 @@ impl Event {
     }
 }
 
-/// Microseconds since the Unix epoch.
+/// Microseconds since the Unix epoch (0 for a clock set before it).
 pub fn now_us() -> i64 {
-    let now = time::OffsetDateTime::now_utc();
-    (now.unix_timestamp_nanos() / 1000) as i64
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
 /// `2026-11-23T18:40:00.123456Z`.
@@ -395,6 +399,14 @@ pub fn format_time(us: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn now_is_microseconds_of_the_utc_clock() {
+        let before = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000;
+        let now = i128::from(now_us());
+        let after = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000;
+        assert!(before <= now && now <= after, "{before} <= {now} <= {after}");
+    }
 
     #[test]
     fn encoding_is_stable_and_round_trips() {

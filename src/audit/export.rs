@@ -508,7 +508,7 @@ fn csv_row(out: &mut dyn Write, e: &Event, hash: &[u8]) -> std::io::Result<()> {
         opt(e.class.as_ref()),
         e.decision.map(decision_str).unwrap_or_default().to_string(),
         opt(e.reason.as_ref()),
-        opt(e.sqlstate.as_ref()),
+        e.sqlstate.as_deref().unwrap_or_default().to_string(),
         num(e.rows),
         num(e.bytes),
         num(e.duration_us),

@@ -399,7 +399,7 @@ async fn open(
             if event.outcome.is_none() {
                 event.outcome = Some("refused".into());
             }
-            event.sqlstate = Some(err.code.0.to_string());
+            event.sqlstate = Some(err.code.0.to_string().into());
             event.reason = Some(err.message.clone());
             let _ = ctx.audit.send(login_slot, event);
             refuse(client, &err).await;

@@ -11,6 +11,7 @@
 //! Execute, ReadyForQuery for a Query). Named statements and portals are
 //! remembered so an Execute knows its text.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -60,7 +61,7 @@ impl Record {
                 Some(Decision::Denied) => "42501",
                 _ => sqlstate,
             };
-            self.event.sqlstate = Some(code.to_string());
+            self.event.sqlstate = Some(Cow::Owned(code.to_string()));
         }
     }
 
@@ -71,7 +72,7 @@ impl Record {
         e.bytes = Some(self.bytes);
         e.duration_us = Some(self.started.elapsed().as_micros() as u64);
         if e.sqlstate.is_none() {
-            e.sqlstate = Some("00000".to_string());
+            e.sqlstate = Some(Cow::Borrowed("00000"));
         }
         audit.send(self.slot, self.event)
     }
