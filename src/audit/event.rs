@@ -194,13 +194,9 @@ impl Event {
 
     /// [`Event::new`] for an instance name already shared.
     pub fn of(kind: Kind, instance: Arc<str>) -> Event {
-        Event::at(kind, instance, now_us())
-    }
-
-    fn at(kind: Kind, instance: Arc<str>, time_us: i64) -> Event {
         Event {
             id: 0,
-            time_us,
+            time_us: now_us(),
             kind,
             instance,
             who: None,
@@ -274,23 +270,6 @@ impl Encoded {
         let mut body = Vec::new();
         super::encode::write_event(&mut body, &event);
         Encoded { event, body }
-    }
-
-    /// [`Encoded::new`] in this one's place: the buffer keeps its room, so
-    /// a pool of these spares an allocation per event.
-    pub fn refill(&mut self, mut event: Event) {
-        event.id = 0;
-        self.event = event;
-        self.body.clear();
-        super::encode::write_event(&mut self.body, &self.event);
-    }
-
-    /// Lets go of what the event holds (on the thread that stored it),
-    /// keeping the buffer for [`Encoded::refill`].
-    pub fn clear(&mut self) {
-        let instance = Arc::clone(&self.event.instance);
-        self.event = Event::at(Kind::Statement, instance, 0);
-        self.body.clear();
     }
 
     /// A body read back (from the spool), with the event it decodes to.
@@ -405,7 +384,10 @@ mod tests {
         let before = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000;
         let now = i128::from(now_us());
         let after = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000;
-        assert!(before <= now && now <= after, "{before} <= {now} <= {after}");
+        assert!(
+            before <= now && now <= after,
+            "{before} <= {now} <= {after}"
+        );
     }
 
     #[test]

@@ -66,17 +66,6 @@ impl std::fmt::Display for Unavailable {
     }
 }
 
-/// Stored events' boxes, emptied by the writer and refilled by sessions:
-/// an event's box and buffer are made on a session's thread and freed on
-/// the writer's, which the allocator serves slowly (a lock and no
-/// thread-local cache on either side); reusing them avoids both.
-type Pool = Arc<Mutex<Vec<Box<Encoded>>>>;
-
-/// How many emptied events the pool keeps (about 1 KiB each).
-const POOL_MAX: usize = 1024;
-/// A buffer grown past this by a large event is freed, not kept.
-const POOL_BODY_MAX: usize = 16 << 10;
-
 /// Events on their way into the store, boxed as they came from the
 /// sessions: moving an event out of its box would copy it (some 500 bytes).
 #[allow(clippy::vec_box)]
@@ -146,7 +135,6 @@ pub struct Audit {
     thread: Mutex<Option<JoinHandle<()>>>,
     /// Tells the WAL merging thread to stop.
     stopped: Arc<AtomicBool>,
-    pool: Pool,
 }
 
 /// A place in the queue, held from before a statement runs until its event
@@ -195,7 +183,6 @@ impl Audit {
         let capacity = cfg.queue.max(1);
         let (tx, rx) = sync_channel(capacity);
         let failing = Arc::new(AtomicBool::new(false));
-        let pool = Pool::default();
         let thread = std::thread::Builder::new()
             .name("pgward-audit".into())
             .spawn({
@@ -205,7 +192,6 @@ impl Audit {
                 let batch = cfg.batch.max(1);
                 let interval = cfg.checkpoint_interval;
                 let spool = Arc::clone(&spool);
-                let pool = Arc::clone(&pool);
                 let linger = if cfg.spool {
                     SPOOL_LINGER
                 } else {
@@ -214,7 +200,7 @@ impl Audit {
                 move || {
                     write_loop(
                         store, key, rx, reserved, failing, counters, batch, interval, alerter,
-                        spool, linger, pool,
+                        spool, linger,
                     )
                 }
             })?;
@@ -229,7 +215,6 @@ impl Audit {
             spool: cfg.spool.then_some(spool),
             thread: Mutex::new(Some(thread)),
             stopped,
-            pool,
         }))
     }
 
@@ -307,14 +292,7 @@ impl Audit {
     pub fn send(&self, mut slot: Slot, event: Event) -> Option<oneshot::Receiver<()>> {
         let reserved = slot.reserved.take()?;
         // Encoded once, here; the writer numbers and stores this text.
-        let spare = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let event = match spare {
-            Some(mut spare) => {
-                spare.refill(event);
-                spare
-            }
-            None => Box::new(Encoded::new(event)),
-        };
+        let event = Box::new(Encoded::new(event));
         if let Some(spool) = &self.spool {
             match spool.append(&event.body) {
                 Ok(spooled) => {
@@ -402,7 +380,6 @@ fn write_loop(
     mut alerter: Alerter,
     spool: Arc<Spool>,
     linger: Duration,
-    pool: Pool,
 ) {
     let mut events: Batch = Vec::with_capacity(batch_max);
     let mut acks: Vec<oneshot::Sender<()>> = Vec::with_capacity(batch_max);
@@ -463,7 +440,6 @@ fn write_loop(
         if !events.is_empty() {
             complete(&mut events, &mut relations, &mut alerter, &counters);
             store_batch(&mut store, &mut events, mark, &failing, &counters);
-            give_back(&pool, &mut events);
             reserved.fetch_sub(taken, Ordering::AcqRel);
             if let Some(mark) = mark {
                 spool.stored_through(mark);
@@ -607,21 +583,6 @@ fn raise_alerts(alerter: &mut Alerter, events: &mut Batch) -> u64 {
     count
 }
 
-/// Empties stored events into the pool (what does not fit is freed).
-fn give_back(pool: &Pool, events: &mut Batch) {
-    for e in events.iter_mut() {
-        e.clear();
-    }
-    let mut pool = pool.lock().unwrap_or_else(|e| e.into_inner());
-    let room = POOL_MAX.saturating_sub(pool.len());
-    pool.extend(
-        events
-            .drain(..)
-            .filter(|e| e.body.capacity() <= POOL_BODY_MAX)
-            .take(room),
-    );
-}
-
 /// A job that arrives within a few microseconds of the last batch is
 /// taken without parking the thread (parking and waking cost more than the
 /// commit on a busy machine).
@@ -647,9 +608,8 @@ fn merge_loop(store: AuditStore, stopped: Arc<AtomicBool>) {
     }
 }
 
-/// Stores a batch (left in `events` for the pool), retrying until it
-/// succeeds: events are never dropped here. While it fails, `failing`
-/// makes new statements wait or refuse.
+/// Stores a batch, retrying until it succeeds: events are never dropped
+/// here. While it fails, `failing` makes new statements wait or refuse.
 fn store_batch(
     store: &mut AuditStore,
     events: &mut Batch,
@@ -668,6 +628,7 @@ fn store_batch(
                     .stored
                     .fetch_add(events.len() as u64, Ordering::Relaxed);
                 counters.batches.fetch_add(1, Ordering::Relaxed);
+                events.clear();
                 return;
             }
             Err(e) => {
@@ -732,53 +693,6 @@ pub(crate) mod tests {
         let store = AuditStore::open_read_only(&dir.path().join("audit.db")).unwrap();
         assert_eq!(store.count().unwrap(), 100);
         assert_eq!(store.checkpoints().unwrap().last().unwrap().last_id, 100);
-    }
-
-    #[tokio::test]
-    async fn reused_events_carry_nothing_over() {
-        let dir = tempfile::tempdir().unwrap();
-        let audit = Audit::start(config(dir.path(), 1024)).unwrap();
-        let mut long = Event::new(Kind::Statement, "test");
-        long.text = Some("SELECT 'a long statement with a reason'".into());
-        long.reason = Some("the reason".into());
-        long.relations = vec!["public.t".into()];
-        long.rows = Some(7);
-        let slot = audit.reserve().await.unwrap();
-        audit.send(slot, long).unwrap().await.unwrap();
-        audit.flush().await;
-        let first: *const Encoded = {
-            let pool = audit.pool.lock().unwrap();
-            assert_eq!(pool.len(), 1, "the stored box came back");
-            &*pool[0]
-        };
-        let mut short = Event::new(Kind::Login, "test");
-        short.outcome = Some("ok".into());
-        let slot = audit.reserve().await.unwrap();
-        audit.send(slot, short).unwrap().await.unwrap();
-        audit.close().await;
-        {
-            let pool = audit.pool.lock().unwrap();
-            assert_eq!(pool.len(), 1, "the second event went in the same box");
-            assert!(std::ptr::eq(first, &*pool[0]));
-        }
-        let store = AuditStore::open_read_only(&dir.path().join("audit.db")).unwrap();
-        let body: Vec<u8> = store
-            .connection()
-            .query_row("SELECT body FROM events WHERE id = 2", [], |r| r.get(0))
-            .unwrap();
-        let stored = Event::decode(&body).unwrap();
-        assert_eq!(stored.kind, Kind::Login);
-        assert_eq!(stored.outcome.as_deref(), Some("ok"));
-        let text = String::from_utf8(body).unwrap();
-        for old in [
-            "long statement",
-            "reason",
-            "public.t",
-            "rows",
-            "fingerprint",
-        ] {
-            assert!(!text.contains(old), "{old} carried over: {text}");
-        }
     }
 
     #[tokio::test]
