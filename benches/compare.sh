@@ -21,11 +21,15 @@
 #   AUDIT_DURABILITY  spool (default: ReadyForQuery waits for the audit
 #              event's spool write), commit (for its commit to the store) or
 #              queue
+#   AUDIT_PAIRS  this many more back-to-back pairs of prepared -c 16 runs,
+#              audit on then off, each ratio and their mean (default 0): a
+#              single run cannot settle a difference of a few per cent
 set -euo pipefail
 
 DURATION=${DURATION:-10}
 SCALE=${SCALE:-10}
 IDLE_N=${IDLE_N:-200}
+AUDIT_PAIRS=${AUDIT_PAIRS:-0}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
 PGWARD=${PGWARD:-$ROOT/target/release/pgward}
@@ -35,6 +39,7 @@ log() { echo "== $*" >&2; }
 
 # ---------------------------------------------------------------- prerequisites
 [[ $DURATION =~ ^[0-9]+$ && $DURATION -gt 0 ]] || die "DURATION must be a positive integer"
+[[ $AUDIT_PAIRS =~ ^[0-9]+$ ]] || die "AUDIT_PAIRS must be a whole number"
 [[ -x $PGWARD ]] || die "no pgward binary at $PGWARD: run 'cargo build --release' first"
 for tool in psql pgbench python3 timeout; do
   command -v "$tool" >/dev/null || die "$tool not found (Debian: apt-get install postgresql-client python3 coreutils)"
@@ -311,6 +316,22 @@ for m in "${MODES[@]}"; do
   done
 done
 
+# ---------------------------------------------------------------- audit pairs
+PAIR_RATIOS=()
+for ((i = 1; i <= AUDIT_PAIRS; i++)); do
+  declare -A PAIR=()
+  for t in pgward audit_off; do
+    log "pair $i of $AUDIT_PAIRS: pgbench -S -M prepared -c 16 -j 2 -T $DURATION -> $t"
+    out=$TMP/pair-$i-$t.log
+    PGPASSWORD=${PASS[$t]} timeout $((DURATION + 60)) \
+      pgbench -n -S -M prepared -c 16 -j 2 -T "$DURATION" "${CONN[$t]}" >"$out" 2>&1 ||
+      { tail -n 20 "$out" >&2; die "pgbench against $t failed"; }
+    PAIR[$t]=$(awk '/^tps = / {printf "%.0f", $3; exit}' "$out")
+    [[ -n ${PAIR[$t]} ]] || { cat "$out" >&2; die "cannot parse pgbench output"; }
+  done
+  PAIR_RATIOS+=("$(awk -v a="${PAIR[pgward]}" -v b="${PAIR[audit_off]}" 'BEGIN {printf "%.3f", a / b}')")
+done
+
 # ---------------------------------------------------------------- COPY out
 COPY_SQL="\\copy (select g, repeat('x', 90) from generate_series(1, 1000000) g) to stdout"
 declare -A MBS
@@ -396,4 +417,7 @@ for m in "${MODES[@]}"; do
   printf '%-22s  %-24s  %-24s  %s\n' "select $mode -c $clients" \
     "$(cell pgward "$m")" "$(cell audit_off "$m")" "$(ratio "${TPS[pgward,$m]}" "${TPS[audit_off,$m]}")"
 done
+if ((AUDIT_PAIRS > 0)); then
+  echo "audit pairs, prepared -c 16, on/off: ${PAIR_RATIOS[*]}; mean $(printf '%s\n' "${PAIR_RATIOS[@]}" | awk '{s += $1} END {printf "%.3f", s / NR}')"
+fi
 echo "idle client memory (pgward): $PER_SESSION KiB per session ($IDLE_N sessions; pgward RSS $RSS_BEFORE -> $RSS_AFTER KiB, $RSS_CLOSED KiB after they closed)"
