@@ -202,27 +202,34 @@ pub async fn run(
             },
         )
         .await;
-        if let relay::SessionEnd::Killed(why) = &end {
-            // A statement may still be running: the database would only
-            // notice the closed connection when it next writes.
-            if let Err(e) = upstream::cancel(
-                &cancel_target.upstream,
-                cancel_target.process_id,
-                cancel_target.secret_key,
-            )
-            .await
-            {
-                tracing::warn!(error = %e, "could not cancel the statement of an ended session");
-            }
-            tracing::info!(user = %identity.user, reason = %why, "session ended from outside");
-        }
         let mut ended = Event::new(Kind::SessionEnd, ctx.audit.instance());
         ended.who = Some(who);
         ended.outcome = Some(end.label().to_string());
         ended.duration_us = Some(started.elapsed().as_micros() as u64);
-        if ctx.audit.record(ended).await.is_err() {
-            tracing::warn!(user = %identity.user, "the audit trail could not record the end of a session");
-        }
+        let record = async {
+            if ctx.audit.record(ended).await.is_err() {
+                tracing::warn!(user = %identity.user, "the audit trail could not record the end of a session");
+            }
+        };
+        let cancel = async {
+            if let relay::SessionEnd::Killed(why) = &end {
+                // A statement may still be running: the database would only
+                // notice the closed connection when it next writes.
+                if let Err(e) = upstream::cancel(
+                    &cancel_target.upstream,
+                    cancel_target.process_id,
+                    cancel_target.secret_key,
+                )
+                .await
+                {
+                    tracing::warn!(error = %e, "could not cancel the statement of an ended session");
+                }
+                tracing::info!(user = %identity.user, reason = %why, "session ended from outside");
+            }
+        };
+        // The client has its FATAL already: the end is recorded at once, not
+        // after the cancel's round trip to the database.
+        tokio::join!(record, cancel);
         tracing::info!(
             user = %identity.user,
             reason = end.label(),

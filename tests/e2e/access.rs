@@ -190,6 +190,7 @@ async fn a_five_second_grant_lets_alice_in_and_ends_her_session_after_it_expires
     let err = proxy.connect("alice+admin", PASSWORD).await.unwrap_err();
     assert_eq!(sqlstate(&err), "28000");
 
+    proxy.sessions_open(0);
     let trail = export(&proxy);
     assert!(trail.contains(r#""action":"grant.add""#), "{trail}");
     assert!(
@@ -470,6 +471,8 @@ async fn the_console_shows_sessions_and_kills_by_right() {
     let err = alice.query("SHOW SESSIONS", &[]).await.unwrap_err();
     assert_eq!(sqlstate(&err), "0A000");
     run(&alice, "HELP").await.expect("the console still works");
+    // Alice's and bob's consoles remain.
+    proxy.sessions_open(2);
     let trail = export(&proxy);
     assert!(trail.contains(r#""action":"session.kill""#), "{trail}");
     assert!(trail.contains(r#""outcome":"admin_kill""#), "{trail}");

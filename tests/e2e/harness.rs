@@ -478,6 +478,14 @@ impl Proxy {
         });
     }
 
+    /// Waits until exactly `n` client connections are open: a session
+    /// leaves the count only after its end event is in the audit queue.
+    pub fn sessions_open(&self, n: usize) {
+        eventually(Duration::from_secs(10), "sessions to end", || {
+            self.metric("pgward_active_sessions") == n as f64
+        });
+    }
+
     /// The value of a metric line such as `pgward_active_sessions`.
     pub fn metric(&self, name: &str) -> f64 {
         let (_, body) = self.http_get("/metrics");
