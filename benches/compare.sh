@@ -420,4 +420,9 @@ done
 if ((AUDIT_PAIRS > 0)); then
   echo "audit pairs, prepared -c 16, on/off: ${PAIR_RATIOS[*]}; mean $(printf '%s\n' "${PAIR_RATIOS[@]}" | awk '{s += $1} END {printf "%.3f", s / NR}')"
 fi
+# The audit trail's target: plain `pgbench -S` (simple protocol, one client)
+# with statement events at 0.9x or better of without.
+TARGET_RATIO=$(ratio "${TPS[pgward,simple 1]}" "${TPS[audit_off,simple 1]}")
+if awk -v r="$TARGET_RATIO" 'BEGIN {exit !(r >= 0.9)}'; then verdict=met; else verdict="NOT met"; fi
+echo "audit target, pgbench -S (simple, one client) on/off: $TARGET_RATIO (>= 0.90: $verdict)"
 echo "idle client memory (pgward): $PER_SESSION KiB per session ($IDLE_N sessions; pgward RSS $RSS_BEFORE -> $RSS_AFTER KiB, $RSS_CLOSED KiB after they closed)"
